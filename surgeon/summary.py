@@ -1,0 +1,147 @@
+"""What a checkpoint holds, by role: the data behind ``surgeon inspect``.
+
+Header-only: nothing here reads tensor data, so inspecting a 70B checkpoint
+costs the same as inspecting a 135M one (plus the size of the headers).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from .roles import LAYER_ROLES, TOP_ROLES
+
+
+def summarize(ck) -> dict:
+    """The JSON document of ``surgeon inspect --json``."""
+    cfg = ck.config
+    arch = ck.architecture
+    table = ck.roles if arch else None
+    tensors = []
+    for name, e in sorted(ck.entries.items(), key=lambda kv: (kv[1].file, kv[1].start)):
+        refs = table.by_tensor.get(name, []) if table else []
+        whole = next((r for r in refs if r.view.rows is None), None)
+        row = {
+            "name": name,
+            "key": whole.key if whole else None,
+            "role": whole.role if whole else None,
+            "layer": whole.layer if whole else None,
+            "expert": whole.expert if whole else None,
+            "param": whole.param if whole else name.rpartition(".")[2],
+            "shape": list(whole.view.shape(e.shape)) if whole else list(e.shape),
+            "stored_shape": list(e.shape),
+            "dtype": e.dtype,
+            "file": e.file,
+            "bytes": e.nbytes,
+        }
+        parts = [r for r in refs if r.view.rows is not None]
+        if parts:
+            row["fused"] = True
+            row["splits"] = [{"key": r.key, "role": r.role, "shape": list(r.view.shape(e.shape))} for r in parts]
+        if whole and whole.view.transposed and len(e.shape) == 2:
+            row["transposed_on_disk"] = True
+        tensors.append(row)
+    if table and table.by_key.get("lm_head") and table.by_key["lm_head"].tied:
+        tied = True
+    else:
+        tied = bool(arch and arch.tied(cfg))
+    embed_rows = ck.shape("embed")[0] if table and "embed" in table.by_key else None
+    return {
+        "path": str(ck.path),
+        "model_type": cfg.get("model_type"),
+        "architecture": (cfg.get("architectures") or [None])[0],
+        "family": arch.name if arch else None,
+        "num_layers": ck.num_layers if arch else None,
+        "hidden_size": cfg.get(arch.config["hidden_size"]) if arch else cfg.get("hidden_size"),
+        "vocab_size": cfg.get(arch.config["vocab_size"]) if arch else cfg.get("vocab_size"),
+        "embedding_rows": embed_rows,
+        "tied_embeddings": tied,
+        "dtypes": dict(Counter(e.dtype for e in ck.entries.values())),
+        "total_bytes": sum(e.nbytes for e in ck.entries.values()),
+        "num_tensors": len(ck.entries),
+        "files": sorted(ck.shards),
+        "unclassified": sorted(table.unclassified) if table else sorted(ck.entries),
+        "tensors": tensors,
+    }
+
+
+def _fmt_shape(shape) -> str:
+    return "×".join(str(d) for d in shape)
+
+
+def _ranges(nums: list[int]) -> str:
+    out, start, prev = [], None, None
+    for n in nums + [None]:
+        if start is None:
+            start = prev = n
+        elif n is not None and n == prev + 1:
+            prev = n
+        else:
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+            start = prev = n
+    return ",".join(out)
+
+
+def format_text(doc: dict) -> str:
+    """Human-readable report: header lines, top-level roles, then a layers × roles table.
+
+    Layers with identical shapes are collapsed into one row (``0-29``), which
+    keeps a 30-layer model on one screen and makes irregular layers stand out.
+    """
+    gib = doc["total_bytes"] / 2**30
+    lines = [
+        f"{doc['path']}",
+        f"  family {doc['family']}  model_type {doc['model_type']}  architecture {doc['architecture']}",
+        f"  layers {doc['num_layers']}  hidden {doc['hidden_size']}  vocab {doc['vocab_size']}"
+        f" (embedding rows {doc['embedding_rows']})  tied embeddings {'yes' if doc['tied_embeddings'] else 'no'}",
+        f"  {doc['num_tensors']} tensors in {len(doc['files'])} file(s), {doc['total_bytes']:,} bytes ({gib:.2f} GiB), "
+        + ", ".join(f"{k} {v}" for k, v in sorted(doc["dtypes"].items())),
+    ]
+    top = [t for t in doc["tensors"] if t["layer"] is None and t["role"]]
+    if top:
+        lines.append("")
+        for t in sorted(top, key=lambda t: (TOP_ROLES.index(t["role"]) if t["role"] in TOP_ROLES else 9, t["param"])):
+            lines.append(f"  {t['key']:<22} {_fmt_shape(t['shape']):>14}  {t['dtype']}  {t['name']}")
+        if doc["tied_embeddings"] and not any(t["role"] == "lm_head" for t in top):
+            lines.append(f"  {'lm_head':<22} {'(tied to embed)':>14}")
+    layered = [t for t in doc["tensors"] if t["layer"] is not None]
+    if layered:
+        cols = [r for r in LAYER_ROLES if any(t["role"] == r or any(s["role"] == r for s in t.get("splits", [])) for t in layered)]
+        per_layer: dict[int, dict[str, str]] = {}
+        experts: dict[int, set] = {}
+        for t in layered:
+            if t["expert"] is not None:
+                experts.setdefault(t["layer"], set()).add(t["expert"])
+                if t["expert"] != 0:
+                    continue
+            cells = per_layer.setdefault(t["layer"], {})
+            entries = [(t["role"], t["shape"])] + [(s["role"], s["shape"]) for s in t.get("splits", [])]
+            for role, shape in entries:
+                mark = "+b" if t["param"] == "bias" else ""
+                prev = cells.get(role, "")
+                if t["param"] == "weight":
+                    cells[role] = _fmt_shape(shape) + ("*" if t.get("fused") else "") + prev
+                elif t["param"] == "bias":
+                    cells[role] = prev + mark
+        groups: list[tuple[list[int], dict]] = []
+        for layer in sorted(per_layer):
+            row = per_layer[layer]
+            if groups and groups[-1][1] == row:
+                groups[-1][0].append(layer)
+            else:
+                groups.append(([layer], row))
+        widths = {c: max(len(c), *(len(g[1].get(c, "")) for g in groups)) for c in cols}
+        lines.append("")
+        lines.append("  " + f"{'layers':<8}" + "  ".join(f"{c:>{widths[c]}}" for c in cols))
+        for ls, row in groups:
+            lines.append("  " + f"{_ranges(ls):<8}" + "  ".join(f"{row.get(c, '-'):>{widths[c]}}" for c in cols))
+        if experts:
+            counts = Counter(len(v) for v in experts.values())
+            lines.append(f"  MoE: {', '.join(f'{n} experts in {c} layer(s)' for n, c in counts.items())} (expert 0 shown)")
+        if any(t.get("fused") for t in layered):
+            lines.append("  * a part of a fused tensor (split view; writes go back into the fused tensor)")
+        if any(t["param"] == "bias" for t in layered):
+            lines.append("  +b the role also has a bias")
+    if doc["unclassified"]:
+        lines.append("")
+        lines.append(f"  {len(doc['unclassified'])} tensor(s) without a role: " + ", ".join(doc["unclassified"][:8]))
+    return "\n".join(lines)
