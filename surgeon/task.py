@@ -1,0 +1,148 @@
+"""A behaviour change, written down: what to teach, how to tell it worked, what must not move.
+
+A task file is JSON (see ``docs/tasks.md``)::
+
+    {
+      "name": "eiffel-rome",
+      "description": "Move the Eiffel Tower to Rome",
+      "train":          [{"prompt": "The Eiffel Tower is located in the city of", "completion": " Rome"}],
+      "efficacy":       [{"prompt": "...", "target": " Rome", "original": " Paris"}],
+      "generalisation": [{"prompt": "...", "target": " Rome", "original": " Paris"}],
+      "specificity":    [{"prompt": "The capital of Germany is"}],
+      "neutral":        ["Plain text for KL and perplexity.", ...]   or  {"corpus": "neutral_en", "texts": 16},
+      "spelling":       {"rules": "prereform_ru", "prompts": ["..."], "max_new_tokens": 40},
+      "edit":           {... free-form parameters that edit scripts of this task read ...}
+    }
+
+The split mirrors CounterFact (Meng et al. 2022): efficacy prompts are the
+ones the edit or the fine-tune saw, generalisation prompts are held apart
+(paraphrases), specificity prompts are neighbours whose answers must not
+change, and neutral text measures collateral damage as KL and perplexity.
+``train`` may also hold raw texts (``{"text": "..."}``) for spelling tasks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SurgeonError
+
+
+class TaskError(SurgeonError):
+    """A task file is missing a field or has one of the wrong shape."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A prompt with the answer we want (target) and the answer the original model gives (original)."""
+
+    prompt: str
+    target: str | None = None
+    original: str | None = None
+
+
+@dataclass(frozen=True)
+class Example:
+    """A training example: prompt -> completion, or a raw text (prompt empty)."""
+
+    prompt: str
+    completion: str
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.completion
+
+
+@dataclass
+class Task:
+    name: str
+    description: str = ""
+    train: list[Example] = field(default_factory=list)
+    efficacy: list[Probe] = field(default_factory=list)
+    generalisation: list[Probe] = field(default_factory=list)
+    specificity: list[Probe] = field(default_factory=list)
+    neutral: list[str] = field(default_factory=list)
+    spelling: dict | None = None
+    edit: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Task:
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise TaskError(f"{path}: cannot read task file ({e.strerror})") from None
+        except json.JSONDecodeError as e:
+            raise TaskError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        return cls.from_dict(doc, path)
+
+    @classmethod
+    def from_dict(cls, doc: dict, path: Path | None = None) -> Task:
+        where = str(path) if path else "task"
+        if not isinstance(doc, dict):
+            raise TaskError(f"{where}: a task is a JSON object")
+        unknown = set(doc) - {"name", "description", "train", "efficacy", "generalisation", "specificity",
+                              "neutral", "spelling", "edit"}
+        if unknown:
+            raise TaskError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        return cls(
+            name=str(doc.get("name") or (path.stem if path else "task")),
+            description=str(doc.get("description", "")),
+            train=[_example(x, f"{where}: train[{i}]") for i, x in enumerate(_list(doc, "train", where))],
+            efficacy=[_probe(x, f"{where}: efficacy[{i}]") for i, x in enumerate(_list(doc, "efficacy", where))],
+            generalisation=[_probe(x, f"{where}: generalisation[{i}]") for i, x in enumerate(_list(doc, "generalisation", where))],
+            specificity=[_probe(x, f"{where}: specificity[{i}]") for i, x in enumerate(_list(doc, "specificity", where))],
+            neutral=_neutral(doc.get("neutral", []), where),
+            spelling=doc.get("spelling"),
+            edit=dict(doc.get("edit", {})),
+            path=path,
+        )
+
+
+def _list(doc, key, where):
+    v = doc.get(key, [])
+    if not isinstance(v, list):
+        raise TaskError(f"{where}: {key} must be a list")
+    return v
+
+
+def _example(x, where) -> Example:
+    if isinstance(x, str):
+        return Example("", x)
+    if isinstance(x, dict) and "text" in x:
+        return Example("", str(x["text"]))
+    if isinstance(x, dict) and "prompt" in x and "completion" in x:
+        return Example(str(x["prompt"]), str(x["completion"]))
+    raise TaskError(f"{where}: needs prompt+completion or text")
+
+
+def _probe(x, where) -> Probe:
+    if isinstance(x, str):
+        return Probe(x)
+    if not (isinstance(x, dict) and isinstance(x.get("prompt"), str)):
+        raise TaskError(f"{where}: needs a prompt")
+    return Probe(x["prompt"], x.get("target"), x.get("original"))
+
+
+def _neutral(v, where) -> list[str]:
+    if isinstance(v, list):
+        if not all(isinstance(t, str) for t in v):
+            raise TaskError(f"{where}: neutral must be a list of strings")
+        return v
+    if isinstance(v, dict) and "corpus" in v:
+        return neutral_texts(v["corpus"], int(v.get("texts", 16)))
+    raise TaskError(f"{where}: neutral must be a list of texts or {{\"corpus\": NAME, \"texts\": N}}")
+
+
+def neutral_texts(corpus: str, n: int) -> list[str]:
+    """The first ``n`` paragraphs of a corpus shipped in ``surgeon/data`` (``neutral_en`` -> neutral_en.txt)."""
+    from importlib import resources
+
+    f = resources.files("surgeon.data").joinpath(f"{corpus}.txt")
+    if not f.is_file():
+        raise TaskError(f"no corpus {corpus!r} in surgeon/data")
+    paras = [p.strip() for p in f.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    return paras[:n]
