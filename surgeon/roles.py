@@ -4,17 +4,23 @@ One vocabulary everywhere (API, CLI, JSON, manifests, errors):
 
 * top level: ``embed``, ``pos_embed``, ``lm_head``, ``final_norm``
 * per layer: ``layers.{L}.{role}`` with roles ``attn.q|k|v|o``, ``attn.q_norm``,
-  ``attn.k_norm``, ``mlp.gate|up|down``, ``mlp.router``, and norms named by
-  what they do: ``norm.pre_attn``, ``norm.post_attn``, ``norm.pre_mlp``,
-  ``norm.post_mlp``
+  ``attn.k_norm``, ``mlp.gate|up|down``, ``mlp.router``, shared-expert roles
+  ``mlp.shared.*``, and norms named by what they do: ``norm.pre_attn``,
+  ``norm.post_attn``, ``norm.pre_mlp``, ``norm.post_mlp``
+* fused tensors as a whole: ``attn.qkv``, ``mlp.gate_up`` (their parts are
+  the split roles above)
 * MoE experts: ``layers.{L}.experts.{E}.mlp.down``
 * a bias (or any parameter other than ``weight``) appends ``.bias``.
 
 The mapping from on-disk names is data: one JSON file per family in
-``surgeon/architectures`` (the idea of mergekit's architecture files). Fused
-tensors are exposed as their parts through :class:`View` objects that read a
-slice and write it back into the whole; Conv1D matrices (GPT-2) are shown in
+``surgeon/architectures`` (the idea of mergekit's architecture files),
+validated when read; ``docs/roles.md`` describes every field. Fused tensors
+are exposed as their parts through :class:`View` objects that read a slice
+and write it back into the whole; Conv1D matrices (GPT-2) are shown in
 (out, in) orientation like every other matrix.
+
+Nothing here imports torch: views index whatever tensor they are given, so
+``surgeon inspect`` needs no tensor library for the role table itself.
 """
 
 from __future__ import annotations
@@ -26,9 +32,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 
-import torch
-
-from .errors import RoleError, UnknownArchitecture
+from .errors import RoleError, SurgeonError, UnknownArchitecture
 
 TOP_ROLES = ("embed", "pos_embed", "lm_head", "final_norm")
 LAYER_ROLES = (
@@ -37,6 +41,13 @@ LAYER_ROLES = (
     "mlp.shared.gate", "mlp.shared.up", "mlp.shared.down", "mlp.shared.router",
     "norm.pre_attn", "norm.post_attn", "norm.pre_mlp", "norm.post_mlp",
 )
+CONFIG_FIELDS = ("num_layers", "hidden_size", "vocab_size", "tie")
+REQUIRED = ("model_types", "architectures", "base_prefix", "tie_default", "config", "top", "layer", "roles")
+OPTIONAL = ("doc", "fused", "experts", "derived", "transposed", "loaded_names", "bias_flags")
+
+
+class ArchitectureError(SurgeonError):
+    """A family table in surgeon/architectures is malformed (a bug in the data, not in the checkpoint)."""
 
 
 # --------------------------------------------------------------------------- data
@@ -50,6 +61,7 @@ class Architecture:
     doc: str
     model_types: tuple[str, ...]
     architectures: tuple[str, ...]
+    base_prefix: str  # transformers' base_model_prefix: names saved from the base model omit it
     tie_default: bool
     config: dict[str, str]  # num_layers / hidden_size / vocab_size / tie -> config.json key
     top: dict[str, str]  # role -> module path
@@ -59,14 +71,18 @@ class Architecture:
     experts: dict | None = None
     derived: dict[str, str] = field(default_factory=dict)
     transposed: bool = False  # Conv1D: 2-D layer weights stored (in, out)
+    loaded_names: dict[str, str] = field(default_factory=dict)  # on-disk module name -> name in the loaded model
+    bias_flags: dict[str, list[str]] = field(default_factory=dict)  # config flag -> roles it gives a bias (steering)
 
     @classmethod
     def from_json(cls, name: str, doc: dict) -> Architecture:
+        _validate(name, doc)
         return cls(
             name=name,
             doc=doc.get("doc", ""),
             model_types=tuple(doc["model_types"]),
             architectures=tuple(doc["architectures"]),
+            base_prefix=doc["base_prefix"],
             tie_default=bool(doc["tie_default"]),
             config=dict(doc["config"]),
             top=dict(doc["top"]),
@@ -76,6 +92,8 @@ class Architecture:
             experts=doc.get("experts"),
             derived=dict(doc.get("derived", {})),
             transposed=bool(doc.get("transposed", False)),
+            loaded_names=dict(doc.get("loaded_names", {})),
+            bias_flags=dict(doc.get("bias_flags", {})),
         )
 
     def value(self, config: dict, expr: str):
@@ -90,8 +108,84 @@ class Architecture:
     def num_layers(self, config: dict) -> int | None:
         return config.get(self.config["num_layers"])
 
+    def num_experts(self, config: dict) -> int | None:
+        """Experts per MoE layer (``experts.count``), None for a dense family."""
+        return self.value(config, self.experts["count"]) if self.experts else None
+
     def tied(self, config: dict) -> bool:
         return bool(config.get(self.config["tie"], self.tie_default))
+
+    def module_in_model(self, path: str, modules) -> str | None:
+        """The name of on-disk module ``path`` among ``modules`` of the model transformers builds.
+
+        Usually the same; transformers 5 renames some modules when loading
+        (Mixtral's ``block_sparse_moe`` becomes ``mlp``: ``loaded_names``), and
+        a checkpoint saved from the base model lacks ``base_prefix``. None if
+        no candidate exists (e.g. one expert of an MoE layer that transformers
+        fuses into a single 3-D parameter).
+        """
+        renamed = path
+        for old, new in self.loaded_names.items():
+            renamed = re.sub(rf"(^|\.){re.escape(old)}(?=\.|$)", rf"\g<1>{new}", renamed)
+        candidates = [path, renamed]
+        if self.base_prefix:
+            candidates += [f"{self.base_prefix}.{c}" for c in (path, renamed) if not c.startswith(self.base_prefix + ".")]
+        return next((c for c in candidates if c in modules), None)
+
+    def config_names(self) -> set[str]:
+        """Every config.json key this table reads (derived names excluded)."""
+        exprs = list(self.config.values()) + [s for spec in self.fused.values() for s in spec["parts"].values()]
+        exprs += [spec["heads"] for spec in self.fused.values() if "heads" in spec]
+        exprs += list(self.derived.values())
+        if self.experts:
+            exprs.append(self.experts["count"])
+        names = set()
+        for e in exprs:
+            names |= {n.id for n in ast.walk(ast.parse(e, mode="eval")) if isinstance(n, ast.Name)}
+        return (names | set(self.bias_flags)) - set(self.derived)
+
+
+def _validate(name: str, doc: dict) -> None:
+    """Refuse a table with a missing, unknown or misspelt field, so data cannot drift silently."""
+
+    def bad(msg):
+        raise ArchitectureError(f"surgeon/architectures/{name}.json: {msg}")
+
+    if not isinstance(doc, dict):
+        bad("not a JSON object")
+    for k in REQUIRED:
+        if k not in doc:
+            bad(f"missing field {k!r}")
+    for k in doc:
+        if k not in REQUIRED + OPTIONAL:
+            bad(f"unknown field {k!r} (known: {', '.join(REQUIRED + OPTIONAL)})")
+    if set(doc["config"]) != set(CONFIG_FIELDS):
+        bad(f"config must map exactly {', '.join(CONFIG_FIELDS)}")
+    if "{layer}" not in doc["layer"]:
+        bad("layer must contain {layer}")
+    for r in doc["top"]:
+        if r not in TOP_ROLES:
+            bad(f"top role {r!r} is not one of {', '.join(TOP_ROLES)}")
+    layer_roles = list(doc["roles"])
+    for frole, spec in doc.get("fused", {}).items():
+        layer_roles += [frole, *spec.get("parts", {})]
+        if spec.get("layout") not in ("concat", "heads"):
+            bad(f"fused {frole}: layout must be 'concat' or 'heads'")
+        if spec["layout"] == "heads" and "heads" not in spec:
+            bad(f"fused {frole}: layout 'heads' needs a 'heads' size expression")
+        if not spec.get("module") or not spec.get("parts"):
+            bad(f"fused {frole}: needs 'module' and 'parts'")
+    ex = doc.get("experts")
+    if ex is not None:
+        if "{expert}" not in ex.get("module", "") or "count" not in ex or not ex.get("roles"):
+            bad("experts needs 'module' (with {expert}), 'count' and 'roles'")
+        layer_roles += list(ex["roles"])
+    for r in layer_roles:
+        if r not in LAYER_ROLES:
+            bad(f"role {r!r} is not in the vocabulary ({', '.join(LAYER_ROLES)})")
+    for key, roles in doc.get("bias_flags", {}).items():
+        if not isinstance(roles, list) or any(r not in LAYER_ROLES for r in roles):
+            bad(f"bias_flags: {key!r} must map to a list of layer roles")
 
 
 def _eval(node, config, derived, expr):
@@ -116,7 +210,7 @@ def _eval(node, config, derived, expr):
         ops = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b, ast.FloorDiv: lambda: a // b}
         if type(node.op) in ops:
             return ops[type(node.op)]()
-    raise ValueError(f"unsupported size expression {expr!r}")
+    raise ArchitectureError(f"unsupported size expression {expr!r}")
 
 
 @lru_cache(maxsize=None)
@@ -135,14 +229,21 @@ def supported_model_types() -> list[str]:
 
 
 def find_architecture(config: dict) -> Architecture:
-    """Pick the table for a config.json by ``model_type`` (then ``architectures``)."""
+    """Pick the table for a config.json by ``model_type``.
+
+    ``model_type`` decides, as it does for transformers' AutoConfig; the
+    ``architectures`` class names are used only when a config has no
+    model_type. An unknown model_type is refused even if its class name looks
+    familiar: transformers would not load it as that family either.
+    """
     mt = config.get("model_type")
     for arch in architectures().values():
         if mt in arch.model_types:
             return arch
-    for arch in architectures().values():
-        if set(config.get("architectures") or ()) & set(arch.architectures):
-            return arch
+    if mt is None:
+        for arch in architectures().values():
+            if set(config.get("architectures") or ()) & set(arch.architectures):
+                return arch
     raise UnknownArchitecture(
         f"unknown architecture: model_type {mt!r} ({', '.join(config.get('architectures') or []) or 'no architectures'}); "
         f"supported: {', '.join(supported_model_types())}; tensors are still reachable by their raw names"
@@ -158,38 +259,32 @@ class View:
 
     ``transposed``: stored as (in, out) (Conv1D) — shown as (out, in).
     ``rows``: for a part of a fused tensor, the rows (after orientation) that
-    belong to it; ``None`` for the whole tensor.
+    belong to it — a ``range`` when contiguous, a tuple of row indices when
+    interleaved (GPT-NeoX heads); ``None`` for the whole tensor.
     """
 
     transposed: bool = False
-    rows: tuple[int, int] | torch.Tensor | None = None
+    rows: range | tuple[int, ...] | None = None
 
-    def read(self, stored: torch.Tensor) -> torch.Tensor:
+    def _index(self):
+        return slice(self.rows.start, self.rows.stop) if isinstance(self.rows, range) else list(self.rows)
+
+    def read(self, stored):
         t = stored.T if (self.transposed and stored.dim() == 2) else stored
-        if self.rows is None:
-            return t
-        if isinstance(self.rows, tuple):
-            return t[self.rows[0] : self.rows[1]]
-        return t[self.rows]
+        return t if self.rows is None else t[self._index()]
 
-    def write(self, stored: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    def write(self, stored, value):
         """The stored tensor with this view replaced by ``value`` (stored orientation)."""
-        flip = self.transposed and stored.dim() == 2
+        flip = self.transposed and value.dim() == 2
         if self.rows is None:
             return value.T.contiguous() if flip else value
         whole = (stored.T if flip else stored).clone()
-        if isinstance(self.rows, tuple):
-            whole[self.rows[0] : self.rows[1]] = value
-        else:
-            whole[self.rows] = value
+        whole[self._index()] = value
         return whole.T.contiguous() if flip else whole
 
     def shape(self, stored_shape: tuple[int, ...]) -> tuple[int, ...]:
         s = tuple(reversed(stored_shape)) if (self.transposed and len(stored_shape) == 2) else tuple(stored_shape)
-        if self.rows is None:
-            return s
-        n = self.rows[1] - self.rows[0] if isinstance(self.rows, tuple) else len(self.rows)
-        return (n,) + s[1:]
+        return s if self.rows is None else (len(self.rows),) + s[1:]
 
 
 @dataclass(frozen=True)
@@ -222,18 +317,20 @@ class RoleTable:
         self.by_tensor: dict[str, list[RoleRef]] = {}
         self.unclassified: list[str] = []
         self._fused_cache: dict[str, tuple] = {}
-        names = list(tensor_names)
         self._layer_re = re.compile("^" + re.escape(arch.layer).replace(re.escape("{layer}"), r"(\d+)") + r"\.(.+)\.([^.]+)$")
         self._expert_re = None
         if arch.experts:
             pat = re.escape(arch.experts["module"]).replace(re.escape("{expert}"), r"(\d+)")
             self._expert_re = re.compile("^" + pat + r"\.(.+)$")
-        layer_modules = {m: r for r, m in arch.roles.items()}
-        fused_modules = {spec["module"]: r for r, spec in arch.fused.items()}
-        expert_modules = {m: r for r, m in (arch.experts or {}).get("roles", {}).items()}
-        top_modules = {m: r for r, m in arch.top.items()}
-        for name in names:
-            refs = self._classify(name, top_modules, layer_modules, fused_modules, expert_modules)
+        self._layer_modules = {m: r for r, m in arch.roles.items()}
+        self._fused_modules = {spec["module"]: r for r, spec in arch.fused.items()}
+        self._expert_modules = {m: r for r, m in (arch.experts or {}).get("roles", {}).items()}
+        self._top_modules = {m: r for r, m in arch.top.items()}
+        prefix = arch.base_prefix + "." if arch.base_prefix else ""
+        for name in tensor_names:
+            refs = self._classify(name, name)
+            if not refs and prefix and not name.startswith(prefix):
+                refs = self._classify(prefix + name, name)  # saved from the base model (original GPT-2 files)
             if not refs:
                 self.unclassified.append(name)
             for ref in refs:
@@ -245,29 +342,34 @@ class RoleTable:
             e = self.by_key["embed"]
             self.by_key["lm_head"] = RoleRef("lm_head", "lm_head", "weight", e.tensor, tied=True)
 
-    def _classify(self, name, top_modules, layer_modules, fused_modules, expert_modules) -> list[RoleRef]:
-        module, _, param = name.rpartition(".")
-        if module in top_modules:
-            role = top_modules[module]
-            return [RoleRef(role_key(role, param), role, param, name, view=View(False))]
-        m = self._layer_re.match(name)
+    @property
+    def num_experts(self) -> int | None:
+        return self.arch.num_experts(self.config)
+
+    def _classify(self, full: str, name: str) -> list[RoleRef]:
+        """Roles of tensor ``name`` (``full``: the name with the base prefix restored)."""
+        module, _, param = full.rpartition(".")
+        if module in self._top_modules:
+            role = self._top_modules[module]
+            return [RoleRef(role_key(role, param), role, param, name)]
+        m = self._layer_re.match(full)
         if not m:
             return []
         layer, inner, param = int(m.group(1)), m.group(2), m.group(3)
         t = self.arch.transposed
-        if inner in layer_modules:
-            role = layer_modules[inner]
+        if inner in self._layer_modules:
+            role = self._layer_modules[inner]
             return [RoleRef(role_key(role, param, layer), role, param, name, layer, view=View(t))]
-        if inner in fused_modules:
-            frole = fused_modules[inner]
+        if inner in self._fused_modules:
+            frole = self._fused_modules[inner]
             refs = [RoleRef(role_key(frole, param, layer), frole, param, name, layer, view=View(t))]
             for prole, rows in self._fused_rows(frole):
                 refs.append(RoleRef(role_key(prole, param, layer), prole, param, name, layer, view=View(t, rows), fused_in=frole))
             return refs
         if self._expert_re:
             em = self._expert_re.match(inner)
-            if em and em.group(2) in expert_modules:
-                role = expert_modules[em.group(2)]
+            if em and em.group(2) in self._expert_modules:
+                role = self._expert_modules[em.group(2)]
                 e = int(em.group(1))
                 return [RoleRef(role_key(role, param, layer, e), role, param, name, layer, e, View(t))]
         return []
@@ -281,23 +383,21 @@ class RoleTable:
         spec = self.arch.fused[frole]
         sizes = [(p, self.arch.value(self.config, e)) for p, e in spec["parts"].items()]
         if any(s is None for _, s in sizes):
-            raise ValueError(f"config.json lacks a field needed to split {frole}: {spec['parts']}")
+            raise ArchitectureError(f"config.json lacks a field needed to split {frole}: {spec['parts']}")
         if spec["layout"] == "concat":
             out, pos = [], 0
             for p, s in sizes:
-                out.append((p, (pos, pos + s)))
+                out.append((p, range(pos, pos + s)))
                 pos += s
             return tuple(out)
-        if spec["layout"] == "heads":  # [head][part][dim] interleaving (GPT-NeoX)
-            heads = self.arch.value(self.config, spec["heads"])
-            per_head = sum(s for _, s in sizes)
-            out, pos = [], 0
-            for p, s in sizes:
-                idx = torch.cat([torch.arange(h * per_head + pos, h * per_head + pos + s) for h in range(heads)])
-                out.append((p, idx))
-                pos += s
-            return tuple(out)
-        raise ValueError(f"unknown fused layout {spec['layout']!r}")
+        # "heads": rows interleaved per head, [head][part][dim] (GPT-NeoX query_key_value)
+        heads = self.arch.value(self.config, spec["heads"])
+        per_head = sum(s for _, s in sizes)
+        out, pos = [], 0
+        for p, s in sizes:
+            out.append((p, tuple(h * per_head + pos + i for h in range(heads) for i in range(s))))
+            pos += s
+        return tuple(out)
 
     def resolve(self, key: str) -> RoleRef:
         """A role key (``layers.3.mlp.down``, ``lm_head``) or raw tensor name -> its RoleRef."""

@@ -45,16 +45,19 @@ def summarize(ck) -> dict:
     else:
         tied = bool(arch and arch.tied(cfg))
     embed_rows = ck.shape("embed")[0] if table and "embed" in table.by_key else None
+    experts = sorted({t["expert"] for t in tensors if t["expert"] is not None})
     return {
         "path": str(ck.path),
         "model_type": cfg.get("model_type"),
         "architecture": (cfg.get("architectures") or [None])[0],
         "family": arch.name if arch else None,
+        "notes": arch.doc if arch else None,
         "num_layers": ck.num_layers if arch else None,
         "hidden_size": cfg.get(arch.config["hidden_size"]) if arch else cfg.get("hidden_size"),
         "vocab_size": cfg.get(arch.config["vocab_size"]) if arch else cfg.get("vocab_size"),
         "embedding_rows": embed_rows,
         "tied_embeddings": tied,
+        "num_experts": table.num_experts if table and experts else None,
         "dtypes": dict(Counter(e.dtype for e in ck.entries.values())),
         "total_bytes": sum(e.nbytes for e in ck.entries.values()),
         "num_tensors": len(ck.entries),
@@ -62,6 +65,11 @@ def summarize(ck) -> dict:
         "unclassified": sorted(table.unclassified) if table else sorted(ck.entries),
         "tensors": tensors,
     }
+
+
+# table columns: layer roles in vocabulary order, each MoE expert role right after the router
+_COLUMNS = [c for r in LAYER_ROLES for c in ([r] + ([f"experts.{m}" for m in ("mlp.gate", "mlp.up", "mlp.down", "mlp.gate_up")]
+                                                    if r == "mlp.router" else []))]
 
 
 def _fmt_shape(shape) -> str:
@@ -93,6 +101,7 @@ def format_text(doc: dict) -> str:
         f"  family {doc['family']}  model_type {doc['model_type']}  architecture {doc['architecture']}",
         f"  layers {doc['num_layers']}  hidden {doc['hidden_size']}  vocab {doc['vocab_size']}"
         f" (embedding rows {doc['embedding_rows']})  tied embeddings {'yes' if doc['tied_embeddings'] else 'no'}",
+        *([f"  {doc['notes']}"] if doc.get("notes") else []),
         f"  {doc['num_tensors']} tensors in {len(doc['files'])} file(s), {doc['total_bytes']:,} bytes ({gib:.2f} GiB), "
         + ", ".join(f"{k} {v}" for k, v in sorted(doc["dtypes"].items())),
     ]
@@ -105,23 +114,26 @@ def format_text(doc: dict) -> str:
             lines.append(f"  {'lm_head':<22} {'(tied to embed)':>14}")
     layered = [t for t in doc["tensors"] if t["layer"] is not None]
     if layered:
-        cols = [r for r in LAYER_ROLES if any(t["role"] == r or any(s["role"] == r for s in t.get("splits", [])) for t in layered)]
         per_layer: dict[int, dict[str, str]] = {}
         experts: dict[int, set] = {}
         for t in layered:
+            prefix = ""
             if t["expert"] is not None:
                 experts.setdefault(t["layer"], set()).add(t["expert"])
                 if t["expert"] != 0:
                     continue
+                prefix = "experts."
             cells = per_layer.setdefault(t["layer"], {})
-            entries = [(t["role"], t["shape"])] + [(s["role"], s["shape"]) for s in t.get("splits", [])]
-            for role, shape in entries:
-                mark = "+b" if t["param"] == "bias" else ""
-                prev = cells.get(role, "")
+            entries = [(t["role"], t["shape"], "")] + [(s["role"], s["shape"], "*") for s in t.get("splits", [])]
+            for role, shape, mark in entries:
+                col = prefix + role
+                prev = cells.get(col, "")
                 if t["param"] == "weight":
-                    cells[role] = _fmt_shape(shape) + ("*" if t.get("fused") else "") + prev
+                    cells[col] = _fmt_shape(shape) + mark + prev
                 elif t["param"] == "bias":
-                    cells[role] = prev + mark
+                    cells[col] = prev + "+b"
+        present = {c for row in per_layer.values() for c in row}
+        cols = [c for c in _COLUMNS if c in present]
         groups: list[tuple[list[int], dict]] = []
         for layer in sorted(per_layer):
             row = per_layer[layer]
@@ -135,10 +147,13 @@ def format_text(doc: dict) -> str:
         for ls, row in groups:
             lines.append("  " + f"{_ranges(ls):<8}" + "  ".join(f"{row.get(c, '-'):>{widths[c]}}" for c in cols))
         if experts:
-            counts = Counter(len(v) for v in experts.values())
-            lines.append(f"  MoE: {', '.join(f'{n} experts in {c} layer(s)' for n, c in counts.items())} (expert 0 shown)")
+            by_count: dict[int, list[int]] = {}
+            for layer, es in experts.items():
+                by_count.setdefault(len(es), []).append(layer)
+            lines.append("  experts.*: " + "; ".join(f"{n} experts in layers {_ranges(sorted(ls))}" for n, ls in by_count.items())
+                         + " (expert 0 shown; keys layers.L.experts.E.mlp.*)")
         if any(t.get("fused") for t in layered):
-            lines.append("  * a part of a fused tensor (split view; writes go back into the fused tensor)")
+            lines.append("  * a split view of a fused tensor (the attn.qkv / mlp.gate_up column); writes go back into it")
         if any(t["param"] == "bias" for t in layered):
             lines.append("  +b the role also has a bias")
     if doc["unclassified"]:

@@ -2,7 +2,13 @@
 
 Structural tests use these: they are saved with ``save_pretrained`` exactly as
 a user's checkpoint would be, so the role tables are checked against what
-transformers really writes, not against names we typed.
+transformers really writes, not against names we typed. Each directory also
+gets a 256-token byte-level tokenizer (one token per byte, so it fits
+``vocab_size=256``), which lets :mod:`surgeon.runtime` load it like a real model.
+
+Adding a family: add its model_type here with a config small enough to build
+in well under a second, with every optional tensor kind switched on (biases,
+a dense layer in an MoE model), so the family's table is exercised in full.
 """
 
 from __future__ import annotations
@@ -11,6 +17,9 @@ from pathlib import Path
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, vocab_size=256, head_dim=16, max_position_embeddings=128)
+# token ids inside the 256-entry vocabulary (the defaults of some configs point past it)
+IDS = dict(pad_token_id=0, eos_token_id=1, bos_token_id=1)
+MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[1])
 
 FAMILIES: dict[str, dict] = {
     "llama": SMALL,
@@ -20,29 +29,51 @@ FAMILIES: dict[str, dict] = {
     "gemma": SMALL,
     "gemma2": SMALL,
     "gemma3_text": SMALL,
-    "olmo2": SMALL,
-    "phi3": {**SMALL, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 1},
-    "gpt2": dict(n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=128),
+    "olmo2": {**SMALL, **IDS},
+    "phi3": {**SMALL, **IDS},
+    "gpt2": dict(n_embd=64, n_layer=2, n_head=4, vocab_size=256, n_positions=128, **IDS),
     "gpt_neox": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     vocab_size=256, max_position_embeddings=128),
+                     vocab_size=256, max_position_embeddings=128, **IDS),
     "mixtral": {**SMALL, "num_local_experts": 4, "num_experts_per_tok": 2},
-    "qwen3_moe": {**SMALL, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "decoder_sparse_step": 1},
-    "qwen2_moe": {**SMALL, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
-                  "shared_expert_intermediate_size": 64},
+    # layer 1 listed in mlp_only_layers keeps a dense MLP, so both kinds of layer are covered
+    "qwen3_moe": {**SMALL, **MOE},
+    "qwen2_moe": {**SMALL, **MOE, "shared_expert_intermediate_size": 64},
 }
 
 
-def build_tiny(model_type: str, out: str | Path, seed: int = 0, **overrides) -> Path:
-    """Save a random ``model_type`` model with the tiny config to ``out``; returns ``out``."""
+def build_tiny(model_type: str, out: str | Path, seed: int = 0, dtype: str | None = None, head: bool = True,
+               **overrides) -> Path:
+    """Save a random ``model_type`` model with the tiny config (and a byte tokenizer) to ``out``.
+
+    ``dtype`` ("bfloat16", "float16"): store the weights in that dtype instead of float32.
+    ``head=False``: save the base model (``AutoModel``), whose tensor names lack the
+    ``model.``/``transformer.`` prefix, like the original GPT-2 files. Returns ``out``.
+    """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     torch.manual_seed(seed)
     cfg = AutoConfig.for_model(model_type, **{**FAMILIES[model_type], **overrides})
-    model = AutoModelForCausalLM.from_config(cfg)
+    model = (AutoModelForCausalLM if head else AutoModel).from_config(cfg)
     # random init leaves norms at 1 / 0: perturb every parameter so views and roles are distinguishable
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
+    if dtype is not None:
+        model = model.to(getattr(torch, dtype))
     model.save_pretrained(out)
+    byte_tokenizer().save_pretrained(out)
     return Path(out)
+
+
+def byte_tokenizer():
+    """A 256-token byte-level BPE without merges: every byte is one token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=alphabet[1], pad_token=alphabet[0],
+                                   bos_token=alphabet[1])
