@@ -1,22 +1,95 @@
 """How two checkpoints differ, tensor by tensor and role by role.
 
 For each tensor: the Frobenius norm of the change, the change relative to the
-original, the rank of the change, and rows added (vocabulary growth). A
-rank-one edit (ROME) shows rank 1 on exactly one tensor; a fine-tune shows
-dense changes spread over the layers it touched.
+original, the effective rank of the change, and rows added (vocabulary
+growth). A rank-one edit (ROME) shows rank 1 on exactly one tensor; a
+fine-tune shows dense changes spread over the layers it touched.
+
+Effective rank counts singular values of ΔW above two cuts: ``RANK_TOL`` × the
+largest (components too small to matter), and the *rounding floor* — the
+largest singular value that rounding the edited weights to their stored dtype
+can produce on its own. A rank-one fp32 update written into bf16 weights
+leaves a full-rank residue of rounding error (each entry off by up to half a
+bf16 ulp); its singular values stay below max-row-norm + max-column-norm of
+the per-entry rounding standard deviation (ulp/√12), the scale of the norm of
+a random matrix with independent entries (Bandeira & van Handel 2016). A
+relative cut alone cannot tell that residue from signal: it depends on how
+large the edit is compared with the weights.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
 import torch
 
-# Singular values below this fraction of the largest are rounding noise: a rank-one
-# edit cast to bf16 leaves a full-rank residue at ~2**-8 of the weights' scale.
+# Singular values below this fraction of the largest do not count.
 RANK_TOL = 1e-2
+# ... nor those below this many rounding floors. Measured on SmolLM2 bf16 weights (mlp.down, attn.q/k,
+# embed) with rank-one updates of relative size 1e-3..1: rounding residue's top singular value is 0.6-1.3
+# floors; a second component of 20% of the first is seen from relative size 3e-3 on.
+NOISE_MARGIN = 2.0
+_PRECISION = {torch.bfloat16: 8, torch.float16: 11, torch.float32: 24}  # significand bits
 
 
-def delta_stats(old: torch.Tensor | None, new: torch.Tensor) -> dict:
-    """Norms and rank of ``new - old`` (float32, (out, in) orientation); ``old`` None for an added tensor."""
+def grid_dtype(t: torch.Tensor) -> torch.dtype:
+    """The coarsest float dtype that holds every value of ``t`` exactly (bf16, fp16, else fp32)."""
+    t = t.float()
+    for dt in (torch.bfloat16, torch.float16):
+        if torch.equal(t.to(dt).float(), t):
+            return dt
+    return torch.float32
+
+
+def rounding_floor(weights: torch.Tensor, dtype: torch.dtype | None = None, chunk: int = 8192) -> float:
+    """Largest singular value expected from rounding ``weights`` (as stored) to ``dtype`` alone.
+
+    Per entry the rounding error is uniform within ± half an ulp: variance ulp²/12. Computed a chunk
+    of rows at a time, so a 262k-row embedding needs no full-size temporaries.
+    """
+    w = weights.reshape(weights.shape[0], -1) if weights.dim() > 1 else weights.reshape(1, -1)
+    p = _PRECISION.get(dtype or grid_dtype(w), 24)
+    rows_max = torch.zeros(())
+    cols = torch.zeros(w.shape[1], dtype=torch.float64)
+    for s in range(0, w.shape[0], chunk):
+        part = w[s : s + chunk].float()
+        _, exp = torch.frexp(part)
+        var = torch.ldexp(torch.full_like(part, 1 / 12), 2 * (exp - p)).masked_fill_(part == 0, 0)  # ulp² / 12
+        rows_max = torch.maximum(rows_max, var.sum(1).max())
+        cols += var.sum(0, dtype=torch.float64)
+    return float(rows_max.sqrt() + cols.max().sqrt())
+
+
+def effective_rank(d: torch.Tensor, tol: float = RANK_TOL, *, weights: torch.Tensor | None = None,
+                   dtype: torch.dtype | None = None) -> int:
+    """Singular values of ``d`` above ``tol`` × the largest (0 for no change, vectors count as 1).
+
+    Pass ``weights`` (the edited tensor as stored, any float dtype) to also
+    discount rounding to ``dtype`` (default: inferred from ``weights``' values);
+    without it, a bf16-stored rank-one edit reads as rank 1 only when it is
+    large (relative change ≳ 3% on SmolLM2's matrices). A non-zero change whose
+    every singular value is below the rounding floor counts as rank 1.
+    """
+    if d.numel() == 0 or not torch.any(d):
+        return 0
+    if d.dim() < 2:
+        return 1
+    s = torch.linalg.svdvals(d.float().reshape(d.shape[0], -1))
+    cut = tol * float(s[0])
+    if weights is not None:
+        cut = max(cut, NOISE_MARGIN * rounding_floor(weights, dtype))
+    return max(1, int((s > cut).sum()))
+
+
+def delta_stats(old: torch.Tensor | None, new: torch.Tensor, *, dtype: torch.dtype | None = None,
+                rank: bool = True) -> dict:
+    """Norms and rank of ``new - old`` ((out, in) orientation); ``old`` None for an added tensor.
+
+    ``dtype``: the stored dtype of ``new``, for the rounding floor of the rank
+    (default: inferred from ``new``'s values). ``rank=False`` skips the SVD.
+    """
     new = new.float()
     if old is None:
         return {"shape": list(new.shape), "norm": float(new.norm()), "delta_norm": float(new.norm()),
@@ -30,23 +103,314 @@ def delta_stats(old: torch.Tensor | None, new: torch.Tensor) -> dict:
         else:
             return {"shape": list(new.shape), "old_shape": list(old.shape), "norm": float(new.norm()),
                     "delta_norm": None, "relative": None, "rank": None, "rows_added": None}
+    shape = list(new.shape) if not rows_added else [new.shape[0] + rows_added, *new.shape[1:]]
+    on = float(old.norm())
     d = new - old
-    dn, on = float(d.norm()), float(old.norm())
+    del old
+    dn = float(d.norm())
     return {
-        "shape": list(new.shape) if not rows_added else [new.shape[0] + rows_added, *new.shape[1:]],
+        "shape": shape,
         "norm": on,
         "delta_norm": dn,
         "relative": dn / on if on else None,
-        "rank": effective_rank(d),
+        "rank": effective_rank(d, weights=new, dtype=dtype) if rank else None,
         "rows_added": rows_added,
     }
 
 
-def effective_rank(d: torch.Tensor, tol: float = RANK_TOL) -> int:
-    """Number of singular values above ``tol`` × the largest (0 for no change, vectors count as 1)."""
-    if d.numel() == 0 or not torch.any(d):
-        return 0
-    if d.dim() < 2:
-        return 1
-    s = torch.linalg.svdvals(d.reshape(d.shape[0], -1))
-    return int((s > tol * s[0]).sum())
+# ----------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class TensorDiff:
+    """One tensor of A and/or B. ``relative`` = ‖ΔW‖ / ‖W_A‖ over the rows both have."""
+
+    name: str  # on-disk tensor name
+    key: str | None  # role key (whole tensor), None if unclassified
+    role: str | None  # role, with ".bias" etc. for other parameters
+    layer: int | None
+    expert: int | None
+    shape_a: list[int] | None
+    shape_b: list[int] | None
+    dtype_a: str | None
+    dtype_b: str | None
+    changed: bool
+    norm: float | None = None  # ‖W_A‖
+    delta_norm: float | None = None
+    relative: float | None = None
+    rank: int | None = None  # effective rank of ΔW (None: not a matrix change, or skipped)
+    rows_added: int = 0
+    only_in: str | None = None  # "a" or "b" for a tensor one side lacks
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def diff(a, b, *, rank: bool = True, progress: bool = False) -> list[TensorDiff]:
+    """Compare checkpoints ``a`` and ``b`` (Checkpoints with their staged changes, or paths).
+
+    Streams: one tensor pair in memory at a time. Tensors are matched by
+    on-disk name; records are sorted embed → layers (role order) → head.
+    ``rank=False`` skips the SVDs (the slow part for big changed matrices).
+    """
+    a, b = _open(a), _open(b)
+    names_a, names_b = _names(a), _names(b)
+    in_a, in_b = set(names_a), set(names_b)
+    names = names_a + [n for n in names_b if n not in in_a]
+    it = names
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(names, desc="diff", unit="tensor")
+    out = []
+    for name in it:
+        ck = b if name in in_b else a
+        ref = _whole_ref(ck, name)
+        rec = TensorDiff(
+            name=name,
+            key=ref.key if ref else None,
+            role=(ref.role if ref.param == "weight" else f"{ref.role}.{ref.param}") if ref else None,
+            layer=ref.layer if ref else None,
+            expert=ref.expert if ref else None,
+            shape_a=None, shape_b=None, dtype_a=None, dtype_b=None, changed=True,
+        )
+        ta = _oriented(a, name) if name in in_a else None
+        tb = _oriented(b, name) if name in in_b else None
+        if ta is not None:
+            rec.shape_a, rec.dtype_a = list(ta.shape), _code(ta.dtype)
+        if tb is not None:
+            rec.shape_b, rec.dtype_b = list(tb.shape), _code(tb.dtype)
+        if ta is None or tb is None:
+            rec.only_in = "a" if tb is None else "b"
+            rec.norm = float((ta if tb is None else tb).float().norm())
+        elif ta.dtype == tb.dtype and ta.shape == tb.shape and torch.equal(ta, tb):
+            rec.changed = False
+        else:
+            st = delta_stats(ta, tb, dtype=tb.dtype, rank=rank)
+            rec.norm, rec.delta_norm, rec.relative = st["norm"], st["delta_norm"], st["relative"]
+            rec.rank, rec.rows_added = st["rank"], st["rows_added"] or 0
+        out.append(rec)
+        del ta, tb
+    out.sort(key=_order)
+    return out
+
+
+def config_changes(a, b) -> dict:
+    """config.json keys whose values differ: key -> [value in a, value in b]."""
+    a, b = _open(a), _open(b)
+    return {k: [a.config.get(k), b.config.get(k)] for k in sorted(set(a.config) | set(b.config))
+            if a.config.get(k) != b.config.get(k)}
+
+
+def _open(x):
+    if isinstance(x, (str, Path)):
+        from .checkpoint import open_checkpoint
+
+        return open_checkpoint(x)
+    return x
+
+
+def _names(ck) -> list[str]:
+    return list(ck.entries) + [n for n in ck.added if n not in ck.entries]
+
+
+def _whole_ref(ck, name):
+    if ck.architecture is None:
+        return None
+    refs = ck.roles.by_tensor.get(name)
+    if not refs:
+        return None
+    return next((r for r in refs if r.view.rows is None), refs[0])
+
+
+def _oriented(ck, name) -> torch.Tensor:
+    """Stored tensor (staged value if any) in (out, in) orientation."""
+    t = ck.stored(name)
+    ref = _whole_ref(ck, name)
+    return ref.view.read(t) if ref is not None and ref.view.rows is None else t
+
+
+def _code(dtype) -> str:
+    from .shards import CODES
+
+    return CODES.get(dtype, str(dtype))
+
+
+def _order(r: TensorDiff):
+    from .roles import LAYER_ROLES
+
+    if r.role is None:
+        return (3, 0, 0, 0, r.name)
+    base, _, param = _split_param(r.role)
+    if r.layer is None:
+        top = {"embed": 0, "pos_embed": 1, "final_norm": 0, "lm_head": 1}.get(base, 2)
+        return (0 if base in ("embed", "pos_embed") else 2, top, 0, 0, r.role)
+    idx = LAYER_ROLES.index(base) if base in LAYER_ROLES else len(LAYER_ROLES)
+    return (1, r.layer, -1 if r.expert is None else r.expert, idx, param)
+
+
+def _split_param(role: str) -> tuple[str, str, str]:
+    """``"attn.o.bias"`` -> ``("attn.o", ".", "bias")``; ``"attn.o"`` -> ``("attn.o", "", "")``."""
+    from .roles import LAYER_ROLES, TOP_ROLES
+
+    if role in LAYER_ROLES or role in TOP_ROLES:
+        return role, "", ""
+    head, _, param = role.rpartition(".")
+    return (head, ".", param) if head else (role, "", "")
+
+
+# ----------------------------------------------------------------- rendering
+
+
+def format_table(records: list[TensorDiff], *, all_tensors: bool = False) -> str:
+    """A text table of the records (changed ones only unless ``all_tensors``)."""
+    rows = [r for r in records if r.changed or all_tensors]
+    n_changed = sum(r.changed for r in records)
+    lines = [f"{n_changed} of {len(records)} tensors differ"]
+    if not rows:
+        return lines[0]
+    lines.append(f"{'tensor':<32} {'shape':>12} {'‖ΔW‖':>10} {'relative':>10} {'rank':>5}  note")
+    for r in rows:
+        shape = "×".join(map(str, r.shape_b or r.shape_a or []))
+        dn = f"{r.delta_norm:.4g}" if r.delta_norm is not None else "-"
+        rel = f"{r.relative:.3e}" if r.relative is not None else "-"
+        rank = str(r.rank) if r.rank is not None else "-"
+        notes = []
+        if r.only_in:
+            notes.append(f"only in {r.only_in.upper()}")
+        if r.rows_added:
+            notes.append(f"+{r.rows_added} rows")
+        if r.dtype_a and r.dtype_b and r.dtype_a != r.dtype_b:
+            notes.append(f"dtype {r.dtype_a} -> {r.dtype_b}")
+        if r.shape_a and r.shape_b and r.shape_a != r.shape_b and not r.rows_added:
+            notes.append(f"shape {'×'.join(map(str, r.shape_a))} -> {shape}")
+        if not r.changed:
+            notes.append("same")
+        lines.append(f"{r.key or r.name:<32} {shape:>12} {dn:>10} {rel:>10} {rank:>5}  {', '.join(notes)}")
+    return "\n".join(lines)
+
+
+def plot(records: list[TensorDiff], path, *, title: str | None = None) -> Path:
+    """Heatmap of log10 relative change: layers × roles, top-level roles in their own row.
+
+    Grey: unchanged; white: absent; numbers: effective rank of a matrix change
+    where it is ≤ 16 (low-rank edits stand out); "+N": rows added; "new"/"gone": tensor on one side only.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    from .roles import LAYER_ROLES
+
+    layered = [r for r in records if r.layer is not None]
+    top = [r for r in records if r.layer is None and r.role is not None]
+    roles = sorted({r.role for r in layered}, key=lambda x: (LAYER_ROLES.index(_split_param(x)[0])
+                                                            if _split_param(x)[0] in LAYER_ROLES else 99, x))
+    n_layers = max((r.layer for r in layered), default=-1) + 1
+    grid = [[None] * n_layers for _ in roles]
+    for r in layered:  # experts: the largest change among them
+        i, j = roles.index(r.role), r.layer
+        if grid[i][j] is None or _rel(r) > _rel(grid[i][j]):
+            grid[i][j] = r
+    top_roles = [r.role for r in top]
+    vals = [_rel(r) for r in records if _rel(r) > 0]
+    lo, hi = (min(vals), max(vals)) if vals else (1e-6, 1.0)
+    if hi / lo < 100:  # at least two decades, so near-equal changes get near-equal colours
+        mid = math.sqrt(lo * hi)
+        lo, hi = min(lo, mid / 10), max(hi, mid * 10)
+    norm = LogNorm(vmin=lo, vmax=hi)
+    cmap = plt.get_cmap("viridis").copy()
+
+    width = max(6.0, 1.6 + 0.32 * max(n_layers, len(top_roles) * 2))
+    height = 1.6 + 0.34 * (len(roles) + 1)
+    fig, (ax_top, ax) = plt.subplots(2, 1, figsize=(width, height), height_ratios=[1, max(1, len(roles))],
+                                     gridspec_kw={"hspace": 0.12})
+    _top_cells(ax_top, top, norm, cmap, span=max(n_layers, 4 * len(top_roles)))
+    image = _cells(ax, grid, norm, cmap)
+    ax.set_yticks(range(len(roles)), roles)
+    ax.set_xticks(range(n_layers), [str(i) for i in range(n_layers)], fontsize=7)
+    ax.set_xlabel("layer")
+    cb = fig.colorbar(image, ax=[ax_top, ax], fraction=0.025, pad=0.01)
+    cb.set_label("‖ΔW‖ / ‖W‖ (log)")
+    changed = sum(r.changed for r in records)
+    fig.suptitle(title or f"relative change per tensor ({changed} of {len(records)} differ; grey = same, numbers = rank ≤ 16)",
+                 fontsize=9)
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _rel(r: TensorDiff | None) -> float:
+    if r is None or not r.changed:
+        return 0.0
+    if r.relative is None or not math.isfinite(r.relative):
+        return 0.0
+    return r.relative
+
+
+def _low_rank(r: TensorDiff) -> bool:
+    """A matrix change of rank ≤ 16 (vectors are always rank 1: not worth a label)."""
+    shape = r.shape_b or r.shape_a or []
+    return r.changed and r.rank is not None and 0 < r.rank <= 16 and len(shape) >= 2
+
+
+def _cells(ax, grid, norm, cmap):
+    """Draw one row per grid row; returns the mappable for the colour bar."""
+    import numpy as np
+
+    n_rows, n_cols = len(grid), max((len(g) for g in grid), default=0)
+    data = np.full((n_rows, max(n_cols, 1)), np.nan)
+    ax.set_facecolor("white")
+    for i, row in enumerate(grid):
+        for j, r in enumerate(row):
+            if r is None:
+                continue
+            v = _rel(r)
+            if v > 0:
+                data[i, j] = v
+            else:
+                ax.add_patch(_rect(j, i, "#dddddd"))
+            label = None
+            if r.only_in:
+                label = "new" if r.only_in == "b" else "gone"
+            elif r.rows_added:
+                label = f"+{r.rows_added}"
+            elif _low_rank(r):
+                label = str(r.rank)
+            if label:
+                ax.text(j, i, label, ha="center", va="center", fontsize=6,
+                        color="white" if v > 0 and norm(v) < 0.6 else "black")
+    image = ax.imshow(np.ma.masked_invalid(data), aspect="auto", norm=norm, cmap=cmap, interpolation="nearest")
+    ax.set_ylim(n_rows - 0.5, -0.5)
+    for s in ax.spines.values():
+        s.set_visible(False)
+    return image
+
+
+def _top_cells(ax, records, norm, cmap, span):
+    """Top-level roles as labelled boxes, each about three layers wide, on the layer grid's scale."""
+    for i, r in enumerate(records):
+        v = _rel(r)
+        ax.add_patch(_rect(3.5 * i + 1, 0, cmap(norm(v)) if v > 0 else "#dddddd", width=3))
+        label = r.role + (f"\n+{r.rows_added} rows" if r.rows_added else "")
+        if r.only_in:
+            label += "\nnew" if r.only_in == "b" else "\ngone"
+        elif _low_rank(r):
+            label += f"\nrank {r.rank}"
+        ax.text(3.5 * i + 1, 0, label, ha="center", va="center", fontsize=6,
+                color="white" if v > 0 and norm(v) < 0.6 else "black")
+    ax.set_xlim(-0.5, span - 0.5)
+    ax.set_ylim(0.5, -0.5)
+    ax.set_xticks([])
+    ax.set_yticks([0], ["top level"])
+    for s in ax.spines.values():
+        s.set_visible(False)
+
+
+def _rect(x, y, color, width=1.0):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - width / 2, y - 0.5), width, 1, facecolor=color, edgecolor="none", zorder=0)
