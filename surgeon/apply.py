@@ -54,6 +54,9 @@ def run_script(ck, script: str | Path, params: dict | None = None) -> dict:
         fn(ck, **params)
     except SurgeonError as e:
         raise type(e)(f"{script}: {e}") from e
+    except SystemExit as e:  # exit(0) inside a script must not look like a successful apply
+        line = _script_line(e, script)
+        raise ScriptError(f"{script}{line}: the script called exit({e.code!r}); nothing was written") from None
     except Exception as e:  # noqa: BLE001 - report the script's own line
         line = _script_line(e, script)
         raise ScriptError(f"{script}{line}: {type(e).__name__}: {e}") from e

@@ -9,16 +9,16 @@ headers, nothing else. Tensors are read on demand, one at a time. Changes are
 from __future__ import annotations
 
 import json
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from .errors import CheckpointError, EditError, RoleError, UnknownArchitecture
 from .roles import Architecture, RoleRef, RoleTable, find_architecture
-from .shards import CODES, ShardHeader, TensorEntry, read_header
+from .shards import CODES, ShardHeader, TensorEntry, _brief, read_header, read_tensor
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -41,7 +41,9 @@ def open_checkpoint(path: str | os.PathLike, *, allow_external_links: bool = Fal
         raise CheckpointError(f"{cfg_path}: missing (a checkpoint directory needs config.json)")
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except OSError as e:
+        raise CheckpointError(f"{cfg_path}: cannot read ({e.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({e.__class__.__name__})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{cfg_path}: not a JSON object")
@@ -65,21 +67,22 @@ def open_checkpoint(path: str | os.PathLike, *, allow_external_links: bool = Fal
     for rel in shard_files:
         full = _safe_member(root, rel, allow_external_links, what="shard")
         if not full.is_file():
-            raise CheckpointError(f"{root / rel}: shard named by {INDEX} is missing")
+            named = f"named by {INDEX} " if index is not None else ""
+            raise CheckpointError(f"{root / rel}: shard {named}is missing or not a file")
         header = read_header(str(full), rel)
         shards[rel] = header
         for e in header.entries:
             if e.name in entries:
-                raise CheckpointError(f"{root / rel}: tensor {e.name!r} is also in {entries[e.name].file}")
+                raise CheckpointError(f"{root / rel}: tensor {_brief(e.name)} is also in {entries[e.name].file}")
             entries[e.name] = e
     if index is not None:
         wm = index["weight_map"]
         for name, rel in wm.items():
             if name not in entries or entries[name].file != rel:
-                raise CheckpointError(f"{root / INDEX}: maps {name!r} to {rel}, which does not contain it")
+                raise CheckpointError(f"{root / INDEX}: maps {_brief(name)} to {rel!r}, which does not contain it")
         for name, e in entries.items():
             if name not in wm:
-                raise CheckpointError(f"{root / e.file}: holds tensor {name!r} that {INDEX} does not list")
+                raise CheckpointError(f"{root / e.file}: holds tensor {_brief(name)} that {INDEX} does not list")
     return Checkpoint(root, config, shards, entries, index)
 
 
@@ -87,11 +90,18 @@ def _read_index(root: Path) -> dict:
     p = root / INDEX
     try:
         index = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except OSError as e:
+        raise CheckpointError(f"{p}: cannot read ({e.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{p}: not valid JSON ({e.__class__.__name__})") from None
     wm = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
         raise CheckpointError(f"{p}: no weight_map of tensor name -> shard file")
+    for rel in set(wm.values()):
+        if not rel or not rel.isprintable():
+            raise CheckpointError(f"{p}: shard file name {_brief(rel)} is empty or holds unprintable characters")
+    if not isinstance(index.get("metadata", {}), dict):
+        raise CheckpointError(f"{p}: metadata is not a JSON object")
     return index
 
 
@@ -101,7 +111,9 @@ def _safe_member(root: Path, rel: str, allow_external_links: bool, what: str) ->
     if not rel or Path(rel).is_absolute() or ".." in parts or "\\" in rel:
         raise CheckpointError(f"{root / INDEX}: {what} path {rel!r} leaves the checkpoint directory")
     full = root / rel
-    if not allow_external_links and full.exists() and root not in full.resolve().parents:
+    if allow_external_links or ("/" not in rel and not full.is_symlink()):
+        return full  # a plain file directly in root (the common case) cannot lead outside: skip resolve()
+    if full.exists() and root not in full.resolve().parents:
         raise CheckpointError(
             f"{full}: {what} is a link to {full.resolve()}, outside the checkpoint (pass allow_external_links / --allow-external-links to accept)"
         )
@@ -129,7 +141,6 @@ class Checkpoint:
         self.added: dict[str, str] = {}  # new tensor name -> shard it goes into
         self.files: dict[str, bytes] = {}  # other files to write (tokenizer edits), relative name -> bytes
         self.edits: list[dict] = []  # what each edit function did, for the manifest
-        self._handles: dict[str, object] = {}
         try:
             self.architecture: Architecture | None = find_architecture(config)
             self._arch_error = None
@@ -194,16 +205,17 @@ class Checkpoint:
         e = self.entries.get(name)
         if e is None:
             raise RoleError(f"no tensor {name!r} in {self.path}")
-        h = self._handles.get(e.file)
-        if h is None:
-            h = self._handles[e.file] = safe_open(str(self.path / e.file), framework="pt")
-        return h.get_tensor(name)
+        return read_tensor(self.path / e.file, e)
 
     def get(self, key: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
         """The tensor for a role key or raw name, (out, in) orientation, as ``dtype`` (None: stored)."""
         ref = self.resolve(key)
-        t = ref.view.read(self.stored(ref.tensor))
-        return t if dtype is None else t.to(dtype)
+        stored = self.stored(ref.tensor)
+        t = ref.view.read(stored)
+        t = t if dtype is None else t.to(dtype)
+        if ref.tensor in self.staged and _shares(t, stored):
+            t = t.clone()  # changing the returned tensor in place must not bypass set()'s checks
+        return t
 
     __getitem__ = get
 
@@ -241,7 +253,8 @@ class Checkpoint:
         dtype = self.stored_dtype(ref.tensor)
         stored_value = _cast(value, dtype, f"{key} ({ref.tensor})")
         base = self.stored(ref.tensor) if ref.view.rows is not None else None
-        self.staged[ref.tensor] = ref.view.write(base, stored_value).contiguous()
+        staged = ref.view.write(base, stored_value).contiguous()
+        self.staged[ref.tensor] = staged.clone() if _shares(staged, value) else staged
 
     __setitem__ = set
 
@@ -259,7 +272,9 @@ class Checkpoint:
         if weight not in self.entries:
             raise EditError(f"{key}: cannot add {name!r}: its module has no weight {weight!r} to sit beside")
         dtype = dtype or self.entries[weight].torch_dtype
-        self.staged[name] = _cast(torch.as_tensor(value).detach().cpu(), dtype, f"{key} ({name})").contiguous()
+        value = torch.as_tensor(value).detach().cpu()
+        staged = _cast(value, dtype, f"{key} ({name})").contiguous()
+        self.staged[name] = staged.clone() if _shares(staged, value) else staged
         self.added[name] = self.entries[weight].file
         self._roles = None  # the new tensor gets its role on next lookup
         return name
@@ -326,21 +341,44 @@ class Checkpoint:
         return f"<Checkpoint {self.path} {fam} {len(self.entries)} tensors, {len(self.staged)} staged>"
 
 
+def _shares(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors share memory (so changing one in place changes the other)."""
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 def _cast(value: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Tensor:
+    """``value`` in the stored dtype, refusing NaN/Inf and values the dtype cannot hold.
+
+    One ``aminmax`` pass (NaN and Inf propagate into it; no mask is allocated)
+    decides; the exact counts are computed only when something is wrong.
+    """
     if not value.is_floating_point():
         if value.dtype == dtype:
             return value
         raise EditError(f"{what}: value of dtype {value.dtype} cannot be cast to {dtype}")
     if not dtype.is_floating_point:
         raise EditError(f"{what}: stored as {CODES.get(dtype, dtype)}; surgeon edits floating-point tensors only")
-    bad = ~torch.isfinite(value)
-    if bad.any():
-        kind = "NaN" if torch.isnan(value).any() else "Inf"
-        raise EditError(f"{what}: edit produced {kind} in {int(bad.sum())} of {value.numel()} values")
-    out = value.to(dtype)
-    if not torch.isfinite(out).all():
-        limit = torch.finfo(dtype).max
-        raise EditError(
-            f"{what}: value {value.abs().max().item():.4g} overflows {CODES.get(dtype, dtype)} (max {limit:.4g}) on cast"
-        )
-    return out
+    lo, hi = _range(value)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        nan = int(torch.isnan(value).sum())
+        kind, count = ("NaN", nan) if nan else ("Inf", int(torch.isinf(value).sum()))
+        raise EditError(f"{what}: edit produced {kind} in {count} of {value.numel()} values")
+    fi = torch.finfo(dtype)
+    # IEEE rounding sends |x| >= max + half an ulp to inf (float8 without inf would clip it silently)
+    overflow_at = fi.max + math.ldexp(fi.eps / 2, math.frexp(fi.max)[1] - 1)
+    if max(-lo, hi) >= overflow_at:
+        raise EditError(f"{what}: value {max(-lo, hi):.4g} overflows {CODES.get(dtype, dtype)} (max {fi.max:.4g}) on cast")
+    return value.to(dtype)
+
+
+def _range(value: torch.Tensor) -> tuple[float, float]:
+    """(min, max) of a float tensor; NaN if it holds a NaN."""
+    if value.numel() == 0:
+        return 0.0, 0.0
+    try:
+        lo, hi = torch.aminmax(value)
+    except (RuntimeError, NotImplementedError):  # dtypes without aminmax (float8): through float32
+        lo, hi = torch.aminmax(value.float())
+    return float(lo), float(hi)

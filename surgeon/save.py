@@ -3,8 +3,9 @@
 * A shard with no changed tensor is hard-linked (or copied with ``copy=True``
   or across filesystems) and stays byte-identical.
 * A shard whose changed tensors keep their shape and dtype is copied by the
-  kernel (``shutil.copyfile`` -> ``sendfile``) and the changed byte ranges are
-  overwritten in the *copy*: as fast as ``cp`` and with one tensor in memory.
+  kernel (``copy_file_range``, as ``cp`` does) around the changed byte ranges,
+  which are written from the staged values: as fast as ``cp``, nothing but
+  the staged tensors in memory, and overlapped with the manifest's hashing.
 * A shard whose layout changes (new rows, new tensors) is rewritten by
   streaming: new header, then each tensor's bytes copied range by range
   (``os.copy_file_range``) or written from the staged value.
@@ -18,6 +19,7 @@ create in this run (a hard link shares the input's bytes).
 
 from __future__ import annotations
 
+import ctypes
 import datetime as _dt
 import errno
 import hashlib
@@ -25,6 +27,9 @@ import json
 import os
 import secrets
 import shutil
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .errors import CheckpointError, OutputError
@@ -53,23 +58,32 @@ def save(ck, out_dir, *, copy: bool = False, overwrite: bool = False, source: di
     if check_tokenizer:
         _check_tokenizer(ck)
     _remove_stale_tmp(out)
-    tmp = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = _tmp_name(out)
     tmp.mkdir(parents=False)
     try:
-        changes = _changes(ck)
+        for rel in ck.shards:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        # Shards whose staged tensors keep their byte ranges are written in a second thread while
+        # this one hashes old and new bytes for the manifest: the kernel copy and sha256 overlap.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            early = {rel: pool.submit(_copy_and_patch, src / rel, tmp / rel, ck.shards[rel], names, ck)
+                     for rel, names in _patchable(ck).items()}
+            changes = _changes(ck)
+            for f in early.values():
+                f.result()
         by_shard: dict[str, list] = {}
         for c in changes:
             by_shard.setdefault(c["file"], []).append(c)
         files = {"linked": [], "copied": [], "patched": [], "rewritten": []}
         for rel, header in ck.shards.items():
             dst = tmp / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
             mine = by_shard.get(rel)
-            if not mine:
-                files["linked" if _link_or_copy(src / rel, dst, copy) else "copied"].append(rel)
-            elif all(not c["added"] and c["old_shape"] == c["new_shape"] for c in mine):
-                _copy_and_patch(src / rel, dst, header, mine, ck)
+            if rel in early and mine:
                 files["patched"].append(rel)
+            elif not mine:
+                if rel in early:  # staged, but every value equals the input's: share the input's bytes
+                    dst.unlink()
+                files["linked" if _link_or_copy(src / rel, dst, copy) else "copied"].append(rel)
             else:
                 _rewrite(src / rel, dst, header, mine, ck)
                 files["rewritten"].append(rel)
@@ -97,6 +111,8 @@ def save(ck, out_dir, *, copy: bool = False, overwrite: bool = False, source: di
         if fsync:
             _fsync_tree(tmp)
         _swap_into_place(tmp, out, overwrite)
+        if fsync:
+            _fsync_path(out.parent)  # the rename itself
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -141,15 +157,22 @@ def _check_tokenizer(ck) -> None:
         raise CheckpointError(f"{path}: tokenizer has {size} tokens but the embedding has {rows} rows")
 
 
+def _tmp_name(out: Path, kind: str = "") -> Path:
+    """``.NAME.surgeon-tmp-PID-RANDOM[-old]@HOST`` beside ``out``: same filesystem, so renames are atomic."""
+    return out.parent / f".{out.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}{kind}@{socket.gethostname()}"
+
+
 def _remove_stale_tmp(out: Path) -> None:
-    """Delete temporary directories left by killed runs (their pid is gone)."""
+    """Delete temporary directories left beside ``out`` by killed runs on this host (their pid is gone)."""
     prefix = f".{out.name}{TMP_MARK}"
     if not out.parent.is_dir():
         return
+    host = socket.gethostname()
     for p in out.parent.iterdir():
         if p.name.startswith(prefix):
-            pid = p.name[len(prefix):].split("-")[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            rest, _, owner = p.name[len(prefix):].partition("@")
+            pid = rest.split("-")[0]
+            if pid.isdigit() and owner in ("", host) and not _alive(int(pid)):
                 shutil.rmtree(p, ignore_errors=True)
 
 
@@ -222,14 +245,38 @@ def _link_or_copy(src: Path, dst: Path, copy: bool) -> bool:
     return False
 
 
-def _copy_and_patch(src: Path, dst: Path, header, mine: list[dict], ck) -> None:
-    """Kernel copy of the shard, then overwrite the changed tensors' byte ranges in the copy."""
-    shutil.copyfile(src, dst)
-    with open(dst, "r+b") as f:
-        for c in mine:
-            e = ck.entries[c["name"]]
-            f.seek(e.start)
-            f.write(tensor_bytes(c["value"]))
+def _patchable(ck) -> dict[str, list[str]]:
+    """Shard -> staged tensors, for shards where every staged tensor keeps its shape and dtype."""
+    out: dict[str, list[str]] = {}
+    bad = set()
+    for name, value in ck.staged.items():
+        if name in ck.added:
+            bad.add(ck.added[name])
+            continue
+        e = ck.entries[name]
+        out.setdefault(e.file, []).append(name)
+        if tuple(value.shape) != e.shape or value.dtype != e.torch_dtype:
+            bad.add(e.file)
+    return {rel: names for rel, names in out.items() if rel not in bad}
+
+
+def _copy_and_patch(src: Path, dst: Path, header, names: list[str], ck) -> None:
+    """The shard with the staged tensors' byte ranges replaced, everything else copied by the kernel.
+
+    Same shapes and dtypes mean the same byte ranges, so the file is the input
+    with a few ranges swapped: ``copy_file_range`` for the unchanged stretches
+    (no bytes through user space), one write per changed tensor.
+    """
+    spans = sorted((ck.entries[n].start, ck.entries[n].end, n) for n in names)
+    pos = 0
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        for start, end, name in spans:
+            _copy_range(fi, fo, pos, start - pos)
+            fo.write(tensor_bytes(ck.staged[name]))
+            pos = end
+        _copy_range(fi, fo, pos, header.file_size - pos)
+        if fo.tell() != header.file_size:
+            raise CheckpointError(f"{dst}: wrote {fo.tell()} bytes, expected {header.file_size}")
 
 
 def _rewrite(src: Path, dst: Path, header, mine: list[dict], ck) -> None:
@@ -254,6 +301,9 @@ def _rewrite(src: Path, dst: Path, header, mine: list[dict], ck) -> None:
 
 
 def _copy_range(fi, fo, start: int, n: int) -> None:
+    """Append ``n`` bytes of ``fi`` from ``start`` to ``fo``: in the kernel when it can, else in 16 MB pieces."""
+    if n <= 0:
+        return
     fo.flush()
     src_fd, dst_fd = fi.fileno(), fo.fileno()
     off = start
@@ -270,6 +320,7 @@ def _copy_range(fi, fo, start: int, n: int) -> None:
     except (AttributeError, OSError) as e:
         if isinstance(e, OSError) and e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             raise
+    fo.seek(0, os.SEEK_END)  # the kernel may have appended some bytes before failing
     fi.seek(off)
     while left:
         chunk = fi.read(min(left, 16 << 20))
@@ -318,12 +369,12 @@ def _copy_other_files(ck, tmp: Path) -> None:
 def _fsync_tree(root: Path) -> None:
     for p in root.rglob("*"):
         if p.is_file():
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    fd = os.open(root, os.O_RDONLY)
+            _fsync_path(p)
+    _fsync_path(root)
+
+
+def _fsync_path(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -331,12 +382,39 @@ def _fsync_tree(root: Path) -> None:
 
 
 def _swap_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Make ``tmp`` appear as ``out`` in one step; an existing ``out`` is exchanged, then deleted.
+
+    With ``renameat2(RENAME_EXCHANGE)`` (Linux 3.15+) there is no moment at
+    which ``out`` is absent; elsewhere two renames leave a short window.
+    """
     if out.exists():
         if not overwrite:
             raise OutputError(f"{out}: appeared while saving; left untouched")
-        old = out.parent / f".{out.name}{TMP_MARK}{os.getpid()}-old-{secrets.token_hex(4)}"
+        if _exchange(tmp, out):
+            shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old output
+            return
+        old = _tmp_name(out, "-old")
         os.rename(out, old)
         os.rename(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, out)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with renameat2; False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))

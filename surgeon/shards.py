@@ -77,71 +77,102 @@ class ShardHeader:
         return 8 + self.header_len
 
 
+def _brief(x, limit: int = 80) -> str:
+    """repr() cut to ``limit`` characters: a hostile header must not make a megabyte-long error."""
+    r = repr(x)
+    return r if len(r) <= limit else r[: limit - 5] + "...)"
+
+
 def read_header(path: str, rel: str) -> ShardHeader:
-    """Parse and validate the header of ``path`` (``rel`` names it in errors).
+    """Parse and validate the header of ``path`` (``rel``: its name inside the checkpoint).
 
     Checks everything a reader relies on: header length within the file,
     JSON object, known dtypes, integer shapes, byte ranges that match the
     shape, do not overlap, leave no gaps and end exactly at the end of file.
+    Only integers are compared: a header claiming a 2**60-element tensor
+    costs nothing. Errors name ``path``.
     """
     try:
-        size = os.path.getsize(path)
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
-                raise HeaderError(f"{rel}: truncated: {size} bytes, shorter than the 8-byte header length")
+                raise HeaderError(f"{path}: truncated: {size} bytes, shorter than the 8-byte header length")
             (n,) = struct.unpack("<Q", head)
             if n > MAX_HEADER:
-                raise HeaderError(f"{rel}: header length {n} exceeds the {MAX_HEADER}-byte limit")
+                raise HeaderError(f"{path}: header length {n} exceeds the {MAX_HEADER}-byte limit (corrupt or not safetensors)")
             if 8 + n > size:
-                raise HeaderError(f"{rel}: truncated: header claims {n} bytes but the file has {size - 8}")
+                raise HeaderError(f"{path}: truncated: header claims {n} bytes but the file has {size - 8} after the length")
             raw = f.read(n)
     except OSError as e:
-        raise HeaderError(f"{rel}: cannot read: {e.strerror}") from None
+        raise HeaderError(f"{path}: cannot read: {e.strerror}") from None
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HeaderError(f"{rel}: header is not valid JSON ({e.__class__.__name__})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise HeaderError(f"{path}: header is not valid JSON ({e.__class__.__name__})") from None
     if not isinstance(doc, dict):
-        raise HeaderError(f"{rel}: header is not a JSON object")
+        raise HeaderError(f"{path}: header is not a JSON object")
     meta = doc.pop("__metadata__", None)
     if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
-        raise HeaderError(f"{rel}: __metadata__ must map strings to strings")
+        raise HeaderError(f"{path}: __metadata__ must map strings to strings")
     data_start = 8 + n
     data_len = size - data_start
     entries = []
     for name, spec in doc.items():
+        what = f"{path}: tensor {_brief(name)}"
         if not isinstance(spec, dict):
-            raise HeaderError(f"{rel}: tensor {name!r}: entry is not an object")
+            raise HeaderError(f"{what}: entry is not an object")
         dtype, shape, offs = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-        if dtype not in DTYPES:
-            raise HeaderError(f"{rel}: tensor {name!r}: unknown dtype {dtype!r}")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise HeaderError(f"{what}: unknown dtype {_brief(dtype)}")
         if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
-            raise HeaderError(f"{rel}: tensor {name!r}: shape {shape!r} is not a list of non-negative integers")
+            raise HeaderError(f"{what}: shape {_brief(shape)} is not a list of non-negative integers")
         if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)):
-            raise HeaderError(f"{rel}: tensor {name!r}: data_offsets {offs!r} is not a pair of integers")
+            raise HeaderError(f"{what}: data_offsets {_brief(offs)} is not a pair of integers")
         b, e = offs
         if not 0 <= b <= e:
-            raise HeaderError(f"{rel}: tensor {name!r}: data_offsets {offs} are not ordered")
+            raise HeaderError(f"{what}: data_offsets {_brief(offs)} are not ordered")
         if e > data_len:
             raise HeaderError(
-                f"{rel}: tensor {name!r}: data_offsets end at {e} but the file holds {data_len} data bytes (truncated?)"
+                f"{what}: data ends at byte {data_start + e} but the file has {size} bytes (truncated, or a corrupt header)"
             )
         want = prod(shape) * DTYPES[dtype][1]
         if e - b != want:
-            raise HeaderError(f"{rel}: tensor {name!r}: {e - b} bytes for shape {shape} {dtype}, expected {want}")
+            raise HeaderError(f"{what}: {e - b} bytes for shape {_brief(shape)} {dtype}, expected {_brief(want)}")
         entries.append(TensorEntry(name, rel, dtype, tuple(shape), data_start + b, data_start + e))
     entries.sort(key=lambda t: (t.start, t.end))
-    pos = data_start
+    pos, prev = data_start, None
     for t in entries:
         if t.start < pos:
-            raise HeaderError(f"{rel}: tensor {t.name!r} overlaps the tensor before it")
+            raise HeaderError(f"{path}: tensor {_brief(t.name)} overlaps tensor {_brief(prev.name)} (bytes {t.start}..{pos})")
         if t.start > pos:
-            raise HeaderError(f"{rel}: {t.start - pos} unaccounted bytes before tensor {t.name!r}")
-        pos = t.end
+            raise HeaderError(f"{path}: {t.start - pos} bytes before tensor {_brief(t.name)} belong to no tensor")
+        pos, prev = t.end, t
     if pos != size:
-        raise HeaderError(f"{rel}: {size - pos} trailing bytes after the last tensor")
+        raise HeaderError(f"{path}: {size - pos} trailing bytes after the last tensor")
     return ShardHeader(rel, n, entries, meta, size)
+
+
+def read_tensor(path: str | os.PathLike, e: TensorEntry) -> torch.Tensor:
+    """One tensor's bytes read straight into a fresh tensor (no mmap, nothing else of the file).
+
+    ``readinto`` a preallocated buffer, so reading a tensor costs exactly its
+    size in memory: mapped pages of a shard would count toward the process's
+    resident memory for as long as the mapping lives.
+    """
+    buf = torch.empty(e.nbytes, dtype=torch.uint8)
+    if e.nbytes:
+        view = memoryview(buf.numpy())
+        got = 0
+        with open(path, "rb", buffering=0) as f:
+            f.seek(e.start)
+            while got < e.nbytes:
+                n = f.readinto(view[got:])
+                if not n:
+                    raise HeaderError(f"{path}: ended at byte {e.start + got} inside tensor {_brief(e.name)} "
+                                      "(changed or truncated since it was opened?)")
+                got += n
+    return buf.view(e.torch_dtype).reshape(e.shape)
 
 
 def sha256_range(path: str, start: int, end: int) -> str:
@@ -183,3 +214,27 @@ def encode_header(entries: list[tuple[str, str, tuple[int, ...], int]], metadata
     raw = json.dumps(doc, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
     return struct.pack("<Q", len(raw)) + raw
+
+
+def write_shard(path: str | os.PathLike, items, metadata: dict | None = None) -> None:
+    """Write a safetensors file streaming: the header, then each tensor's bytes in turn.
+
+    ``items``: (name, dtype code, shape, chunks), ``chunks`` an iterable of
+    bytes-like pieces (a tensor, or a generator so that one piece at a time is
+    in memory). ``safetensors.save_file`` needs every tensor of the file at
+    once; this builds multi-GB shards (benchmarks, re-sharding) in bounded memory.
+    """
+    items = list(items)
+    layout = [(n, d, tuple(s), prod(s) * DTYPES[d][1]) for n, d, s, _ in items]
+    with open(path, "wb") as f:
+        f.write(encode_header(layout, metadata))
+        for (name, _, _, nbytes), (_, _, _, chunks) in zip(layout, items, strict=True):
+            if isinstance(chunks, torch.Tensor):
+                chunks = [tensor_bytes(chunks)]
+            done = 0
+            for piece in chunks:
+                piece = tensor_bytes(piece) if isinstance(piece, torch.Tensor) else piece
+                f.write(piece)
+                done += memoryview(piece).nbytes
+            if done != nbytes:
+                raise HeaderError(f"{path}: tensor {name!r}: wrote {done} bytes, its shape needs {nbytes}")
