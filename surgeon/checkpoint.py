@@ -14,11 +14,9 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 from .errors import CheckpointError, EditError, RoleError, UnknownArchitecture
 from .roles import Architecture, RoleRef, RoleTable, find_architecture
-from .shards import CODES, ShardHeader, TensorEntry, _brief, read_header, read_tensor
+from .shards import ShardHeader, TensorEntry, _brief, dtype_code, read_header, read_tensor
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -207,8 +205,16 @@ class Checkpoint:
             raise RoleError(f"no tensor {name!r} in {self.path}")
         return read_tensor(self.path / e.file, e)
 
-    def get(self, key: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
-        """The tensor for a role key or raw name, (out, in) orientation, as ``dtype`` (None: stored)."""
+    def get(self, key: str, dtype: torch.dtype | str | None = "float32") -> torch.Tensor:
+        """The tensor for a role key or raw name, (out, in) orientation, as ``dtype`` (None: stored).
+
+        float32 by default because edits are computed in float32 and cast back
+        on :meth:`set`; torch itself is imported on the first tensor read.
+        """
+        import torch
+
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
         ref = self.resolve(key)
         stored = self.stored(ref.tensor)
         t = ref.view.read(stored)
@@ -244,6 +250,8 @@ class Checkpoint:
         that overflows fp16 fails here, naming the tensor, rather than
         writing inf into the checkpoint.
         """
+        import torch
+
         ref = self.resolve(key)
         value = torch.as_tensor(value).detach().cpu()
         want = self.shape(key)
@@ -271,6 +279,8 @@ class Checkpoint:
         weight = name.rpartition(".")[0] + ".weight"
         if weight not in self.entries:
             raise EditError(f"{key}: cannot add {name!r}: its module has no weight {weight!r} to sit beside")
+        import torch
+
         dtype = dtype or self.entries[weight].torch_dtype
         value = torch.as_tensor(value).detach().cpu()
         staged = _cast(value, dtype, f"{key} ({name})").contiguous()
@@ -354,12 +364,14 @@ def _cast(value: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Tensor:
     One ``aminmax`` pass (NaN and Inf propagate into it; no mask is allocated)
     decides; the exact counts are computed only when something is wrong.
     """
+    import torch
+
     if not value.is_floating_point():
         if value.dtype == dtype:
             return value
         raise EditError(f"{what}: value of dtype {value.dtype} cannot be cast to {dtype}")
     if not dtype.is_floating_point:
-        raise EditError(f"{what}: stored as {CODES.get(dtype, dtype)}; surgeon edits floating-point tensors only")
+        raise EditError(f"{what}: stored as {dtype_code(dtype)}; surgeon edits floating-point tensors only")
     lo, hi = _range(value)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         nan = int(torch.isnan(value).sum())
@@ -369,12 +381,14 @@ def _cast(value: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Tensor:
     # IEEE rounding sends |x| >= max + half an ulp to inf (float8 without inf would clip it silently)
     overflow_at = fi.max + math.ldexp(fi.eps / 2, math.frexp(fi.max)[1] - 1)
     if max(-lo, hi) >= overflow_at:
-        raise EditError(f"{what}: value {max(-lo, hi):.4g} overflows {CODES.get(dtype, dtype)} (max {fi.max:.4g}) on cast")
+        raise EditError(f"{what}: value {max(-lo, hi):.4g} overflows {dtype_code(dtype)} (max {fi.max:.4g}) on cast")
     return value.to(dtype)
 
 
 def _range(value: torch.Tensor) -> tuple[float, float]:
     """(min, max) of a float tensor; NaN if it holds a NaN."""
+    import torch
+
     if value.numel() == 0:
         return 0.0, 0.0
     try:

@@ -231,9 +231,9 @@ def _oriented(ck, name) -> torch.Tensor:
 
 
 def _code(dtype) -> str:
-    from .shards import CODES
+    from .shards import dtype_code
 
-    return CODES.get(dtype, str(dtype))
+    return dtype_code(dtype)
 
 
 def _order(r: TensorDiff):

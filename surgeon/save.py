@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .errors import CheckpointError, OutputError
-from .shards import CODES, encode_header, sha256_range, tensor_bytes
+from .shards import dtype_code, encode_header, sha256_range, tensor_bytes
 
 MANIFEST = "surgeon.json"
 TMP_MARK = ".surgeon-tmp-"
@@ -213,7 +213,7 @@ def _changes(ck) -> list[dict]:
             "layer": whole.layer if whole else None,
             "expert": whole.expert if whole else None,
             "file": ck.added[name] if added else e.file,
-            "dtype": CODES[value.dtype],
+            "dtype": dtype_code(value.dtype),
             "old_shape": None if added else list(e.shape),
             "new_shape": new_shape,
             "old_sha256": old_sha,
@@ -287,7 +287,7 @@ def _rewrite(src: Path, dst: Path, header, mine: list[dict], ck) -> None:
     for name, e in order:
         v = changed.get(name)
         if v is not None:
-            layout.append((name, CODES[v.dtype], tuple(v.shape), v.numel() * v.element_size()))
+            layout.append((name, dtype_code(v.dtype), tuple(v.shape), v.numel() * v.element_size()))
         else:
             layout.append((name, e.dtype, e.shape, e.nbytes))
     with open(src, "rb") as fi, open(dst, "wb") as fo:

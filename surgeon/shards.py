@@ -17,26 +17,32 @@ import struct
 from dataclasses import dataclass
 from math import prod
 
-import torch
-
 from .errors import HeaderError
 
-# safetensors dtype code -> (torch dtype, bytes per element)
-DTYPES: dict[str, tuple[torch.dtype, int]] = {
-    "F64": (torch.float64, 8),
-    "F32": (torch.float32, 4),
-    "F16": (torch.float16, 2),
-    "BF16": (torch.bfloat16, 2),
-    "I64": (torch.int64, 8),
-    "I32": (torch.int32, 4),
-    "I16": (torch.int16, 2),
-    "I8": (torch.int8, 1),
-    "U8": (torch.uint8, 1),
-    "BOOL": (torch.bool, 1),
-    "F8_E4M3": (torch.float8_e4m3fn, 1),
-    "F8_E5M2": (torch.float8_e5m2, 1),
+# safetensors dtype code -> bytes per element. torch is imported only when a
+# tensor is read or written, so header work (inspect, open) starts in ~0.1 s.
+ITEMSIZE: dict[str, int] = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+    "F8_E4M3": 1, "F8_E5M2": 1,
 }
-CODES = {dt: code for code, (dt, _) in DTYPES.items()}
+_TORCH_NAMES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+}
+
+
+def torch_dtype(code: str):
+    """The torch dtype of a safetensors dtype code (``"BF16"`` -> ``torch.bfloat16``)."""
+    import torch
+
+    return getattr(torch, _TORCH_NAMES[code])
+
+
+def dtype_code(dtype) -> str:
+    """The safetensors code of a torch dtype (``torch.bfloat16`` -> ``"BF16"``); str(dtype) if none."""
+    name = str(dtype).removeprefix("torch.")
+    return next((c for c, n in _TORCH_NAMES.items() if n == name), str(dtype))
+
 
 MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself enforces
 _CHUNK = 8 * 1024 * 1024
@@ -58,8 +64,8 @@ class TensorEntry:
         return self.end - self.start
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype][0]
+    def torch_dtype(self):
+        return torch_dtype(self.dtype)
 
 
 @dataclass
@@ -123,7 +129,7 @@ def read_header(path: str, rel: str) -> ShardHeader:
         if not isinstance(spec, dict):
             raise HeaderError(f"{what}: entry is not an object")
         dtype, shape, offs = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-        if not isinstance(dtype, str) or dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in ITEMSIZE:
             raise HeaderError(f"{what}: unknown dtype {_brief(dtype)}")
         if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
             raise HeaderError(f"{what}: shape {_brief(shape)} is not a list of non-negative integers")
@@ -136,7 +142,7 @@ def read_header(path: str, rel: str) -> ShardHeader:
             raise HeaderError(
                 f"{what}: data ends at byte {data_start + e} but the file has {size} bytes (truncated, or a corrupt header)"
             )
-        want = prod(shape) * DTYPES[dtype][1]
+        want = prod(shape) * ITEMSIZE[dtype]
         if e - b != want:
             raise HeaderError(f"{what}: {e - b} bytes for shape {_brief(shape)} {dtype}, expected {_brief(want)}")
         entries.append(TensorEntry(name, rel, dtype, tuple(shape), data_start + b, data_start + e))
@@ -153,13 +159,15 @@ def read_header(path: str, rel: str) -> ShardHeader:
     return ShardHeader(rel, n, entries, meta, size)
 
 
-def read_tensor(path: str | os.PathLike, e: TensorEntry) -> torch.Tensor:
+def read_tensor(path: str | os.PathLike, e: TensorEntry):
     """One tensor's bytes read straight into a fresh tensor (no mmap, nothing else of the file).
 
     ``readinto`` a preallocated buffer, so reading a tensor costs exactly its
     size in memory: mapped pages of a shard would count toward the process's
     resident memory for as long as the mapping lives.
     """
+    import torch
+
     buf = torch.empty(e.nbytes, dtype=torch.uint8)
     if e.nbytes:
         view = memoryview(buf.numpy())
@@ -190,8 +198,10 @@ def sha256_range(path: str, start: int, end: int) -> str:
     return h.hexdigest()
 
 
-def tensor_bytes(t: torch.Tensor) -> memoryview:
+def tensor_bytes(t) -> memoryview:
     """The raw little-endian bytes of a tensor, as safetensors stores them."""
+    import torch
+
     t = t.detach().contiguous().cpu()
     if t.numel() == 0:
         return memoryview(b"")
@@ -224,8 +234,10 @@ def write_shard(path: str | os.PathLike, items, metadata: dict | None = None) ->
     in memory). ``safetensors.save_file`` needs every tensor of the file at
     once; this builds multi-GB shards (benchmarks, re-sharding) in bounded memory.
     """
+    import torch
+
     items = list(items)
-    layout = [(n, d, tuple(s), prod(s) * DTYPES[d][1]) for n, d, s, _ in items]
+    layout = [(n, d, tuple(s), prod(s) * ITEMSIZE[d]) for n, d, s, _ in items]
     with open(path, "wb") as f:
         f.write(encode_header(layout, metadata))
         for (name, _, _, nbytes), (_, _, _, chunks) in zip(layout, items, strict=True):
