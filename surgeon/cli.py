@@ -123,6 +123,173 @@ def apply(script, model, out, params, dry_run, copy, overwrite, as_json, allow_e
             click.echo(f"  {c['key'] or c['name']}  ({c['name']}, {c['file']})")
 
 
+# ------------------------------------------------------------ finetune, compare
+
+
+@main.command()
+@click.argument("task", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", required=True, type=click.Path(), help="Input checkpoint directory (never modified).")
+@click.option("--out", required=True, type=click.Path(), help="Output directory (written atomically, with manifest).")
+@click.option("--layers", default="all", show_default=True, help="Layers to train: 0-6, 18-23, 0,3,5 or all.")
+@click.option("--roles", default="attn,mlp", show_default=True,
+              help="Roles: attn, mlp, norm, single roles (mlp.down, norm.pre_mlp), lm_head, embed, final_norm.")
+@click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True)
+@click.option("--rank", type=int, default=8, show_default=True, help="LoRA rank.")
+@click.option("--alpha", type=float, default=None, help="LoRA alpha (default 2 × rank).")
+@click.option("--steps", type=int, default=40, show_default=True)
+@click.option("--lr", type=float, default=None, help="Learning rate (default 1e-3 LoRA, 1e-4 full).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch", type=int, default=8, show_default=True)
+@click.option("--max-length", type=int, default=64, show_default=True, help="Tokens per example.")
+@click.option("--max-delta", type=float, default=None, help="full only: keep each weight within ± this (FT-L).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def finetune(task, model, out, layers, roles, method, rank, alpha, steps, lr, seed, batch, max_length, max_delta,
+             overwrite, as_json):
+    """Fine-tune chosen layers × roles on TASK and save like an edit."""
+    from .finetune import FinetuneConfig, finetune as run
+
+    _threads()
+    cfg = FinetuneConfig(method=method, layers=layers, roles=roles, rank=rank, alpha=alpha, steps=steps, lr=lr,
+                         seed=seed, batch=batch, max_length=max_length, max_delta=max_delta)
+    r = run(model, task, cfg, out=out, overwrite=overwrite, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=1))
+        return
+    click.echo(f"wrote {out}: {len(r.manifest['tensors'])} tensor(s) changed, {r.params_changed:,} parameters; "
+               f"{r.trainable_params:,} trained ({method}) over {r.steps} steps")
+    click.echo(f"  loss {r.losses[0]:.3f} -> {r.losses[-1]:.3f}; {r.tokens_per_s:.0f} tokens/s; "
+               f"wall {r.wall_s:.1f} s; peak RSS {r.peak_rss_mb:.0f} MB; update kept after cast {r.update_kept:.0%}")
+    for n in r.notes:
+        click.echo(f"  note: {n}")
+
+
+@main.command()
+@click.argument("task", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", required=True, type=click.Path(), help="The original checkpoint every arm starts from.")
+@click.option("--arm", "arms", multiple=True, required=True, metavar="NAME=SPEC",
+              help="none | edit:SCRIPT k=v | lora k=v | full k=v, stages joined by ' + '.")
+@click.option("--out", required=True, type=click.Path(), help="Report directory (report.json, report.md, report.png).")
+@click.option("--keep-checkpoints", is_flag=True, help="Keep each arm's checkpoint under OUT/arms/.")
+@click.option("--overwrite", is_flag=True, help="Reuse a non-empty report directory.")
+@click.option("--timeout", type=float, default=None, help="Seconds allowed per arm.")
+def compare(task, model, arms, out, keep_checkpoints, overwrite, timeout):
+    """Make each arm from MODEL, measure all on TASK, print the table."""
+    from pathlib import Path
+
+    from .compare import compare as run
+
+    _threads()
+    report = run(task, model, list(arms), out, keep_checkpoints=keep_checkpoints, overwrite=overwrite,
+                 timeout_s=timeout)
+    md = (Path(out) / "report.md").read_text(encoding="utf-8")
+    click.echo(md)
+    click.echo(f"wrote {out}/report.json, report.md, report.png")
+    if any(r["error"] for r in report["arms"]):
+        sys.exit(1)
+
+
+# ------------------------------------------------------------------------ diff
+
+
+@main.command("diff")
+@click.argument("a", type=click.Path())
+@click.argument("b", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per tensor (all of them).")
+@click.option("--all", "all_tensors", is_flag=True, help="List unchanged tensors too.")
+@click.option("--plot", "plot_path", type=click.Path(), help="Write a layers × roles heatmap (PNG) here.")
+@click.option("--no-rank", is_flag=True, help="Skip the SVDs (effective rank); faster on big dense changes.")
+@click.option("--allow-external-links", is_flag=True, help="Accept shards that link outside the directories.")
+def diff_cmd(a, b, as_json, all_tensors, plot_path, no_rank, allow_external_links):
+    """Tensor by tensor: ‖ΔW‖, relative change, effective rank, rows added (A -> B)."""
+    from .checkpoint import open_checkpoint
+    from .diff import config_changes, diff, format_table, plot
+
+    _threads()
+    ca = open_checkpoint(a, allow_external_links=allow_external_links)
+    cb = open_checkpoint(b, allow_external_links=allow_external_links)
+    records = diff(ca, cb, rank=not no_rank, progress=sys.stderr.isatty())
+    changes = config_changes(ca, cb)
+    if as_json:
+        click.echo(json.dumps({"a": str(ca.path), "b": str(cb.path), "config_changes": changes,
+                               "tensors": [r.to_dict() for r in records]}, indent=1))
+    else:
+        click.echo(format_table(records, all_tensors=all_tensors))
+        for k, (va, vb) in changes.items():
+            click.echo(f"config {k}: {va} -> {vb}")
+    if plot_path:
+        plot(records, plot_path, title=f"{ca.path.name} -> {cb.path.name}: relative change per tensor "
+                                        "(grey = same, numbers = rank ≤ 16)")
+        click.echo(f"wrote {plot_path}", err=as_json)
+
+
+# -------------------------------------------------------------- export-adapter
+
+
+@main.command("export-adapter")
+@click.argument("edited", type=click.Path())
+@click.option("--base", required=True, type=click.Path(), help="The original checkpoint the edit was made from.")
+@click.option("--out", required=True, type=click.Path(), help="Adapter directory to write (adapter_config.json + adapter_model.safetensors).")
+@click.option("--rank", type=int, help="Cap on each tensor's LoRA rank.")
+@click.option("--tol", type=float, help="Per tensor, the smallest rank with ‖ΔW − BA‖/‖ΔW‖ ≤ TOL.")
+@click.option("--allow-skip", is_flag=True, help="Write what LoRA can express and list the rest instead of failing.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing adapter directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+def export_adapter_cmd(edited, base, out, rank, tol, allow_skip, overwrite, as_json):
+    """Export EDITED − BASE as a PEFT LoRA adapter (exact for rank-one edits, truncated SVD otherwise)."""
+    from .adapter import export_adapter
+
+    _threads()
+    rep = export_adapter(edited, base, out, rank=rank, tol=tol, allow_skip=allow_skip, overwrite=overwrite)
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=1))
+        return
+    click.echo(f"wrote {out}: {rep.parameters:,} parameters"
+               + (", lora_bias" if rep.lora_bias else "") + (f", modules_to_save {len(rep.modules_to_save)}" if rep.modules_to_save else ""))
+    for t in rep.tensors:
+        if t.kind == "lora":
+            click.echo(f"  {t.key:<28} rank {t.rank:<4} residual {t.residual:.2e}  (storage rounding {t.rounding or 0:.1e})")
+        elif t.kind != "noop":
+            click.echo(f"  {t.key:<28} {t.kind}" + (f": {t.reason}" if t.reason else ""))
+    noop = sum(t.kind == "noop" for t in rep.tensors)
+    if noop:
+        click.echo(f"  ({noop} zero biases added for a config flag: nothing to carry)")
+
+
+# ---------------------------------------------------------------------- locate
+
+
+@main.command("locate")
+@click.argument("task", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", required=True, type=click.Path(), help="Checkpoint directory (never modified).")
+@click.option("--out", "png", default="locate.png", show_default=True, type=click.Path(),
+              help="Heatmap PNG; locate.json (with suggested_layers) is written next to it.")
+@click.option("--method", type=click.Choice(["grad", "patch", "both"]), default="both", show_default=True)
+@click.option("--examples", type=int, default=8, show_default=True, help="Probes per method.")
+@click.option("--mass", type=float, default=0.5, show_default=True,
+              help="Share of the per-layer profile the suggested range must hold.")
+@click.option("--corrupt", type=click.Choice(["auto", "contrast", "noise"]), default="auto", show_default=True,
+              help="Patching's corrupted run: spelling contrast (spelling tasks) or embedding noise.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the text heatmap.")
+def locate_cmd(task, model, png, method, examples, mass, corrupt, seed, as_json):
+    """Map where TASK's behaviour lives (layers × roles) and suggest a layer range."""
+    from pathlib import Path
+
+    from .locate import locate as run
+
+    _threads()
+    r = run(model, task, method=method, examples=examples, mass=mass, corrupt=corrupt, seed=seed,
+            progress=not as_json)
+    png = r.save_png(png)
+    js = r.save_json(Path(png).with_suffix(".json") if Path(png).suffix == ".png" else Path(str(png) + ".json"))
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=1))
+        return
+    click.echo(r.text())
+    click.echo(f"wrote {png} and {js}; use it in compare as: --arm 'located=lora layers={r.suggested_layers}'")
+
+
 # --------------------------------------------------------------------- fixture
 
 
