@@ -86,13 +86,15 @@ class Runtime:
         if len(parts) == 2 and parts[0] == "layers":
             return self.layer(int(parts[1]))
         if len(parts) == 3 and parts[0] == "layers" and parts[2] in ("attn", "mlp"):
-            return self._modules[self.arch.layer.format(layer=int(parts[1])) + "." + self._block(parts[2])]
+            path = self.arch.layer.format(layer=int(parts[1])) + "." + self._block(parts[2])
+            return self._modules[self.arch.module_in_model(path, self._modules) or path]
         ref = self.ck.resolve(key)
         if ref.view.rows is not None:
             raise KeyError(f"{key} is part of a fused tensor; hook {key.rsplit('.', 1)[0]}.{ref.fused_in.split('.')[1]} instead")
-        name = ref.tensor.rpartition(".")[0]
-        if name not in self._modules:
-            raise KeyError(f"{key}: module {name!r} not found in the loaded model")
+        stored = ref.tensor.rpartition(".")[0]
+        name = self.arch.module_in_model(stored, self._modules)  # transformers may rename on load (Mixtral)
+        if name is None:
+            raise KeyError(f"{key}: module {stored!r} not found in the loaded model")
         return self._modules[name]
 
     def _block(self, kind: str) -> str:
@@ -191,6 +193,89 @@ class Runtime:
         out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                   pad_token_id=self.tokenizer.pad_token_id)
         return self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    # ---------------------------------------------------- resuming, syncing
+
+    @torch.no_grad()
+    def resume_from(self, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, split: int = 0) -> Resume:
+        """Freeze everything that cannot change when only layers ``layer``.. change.
+
+        Runs the batch once and keeps (a) the residual entering ``layer`` and
+        (b) the exact call arguments (masks, rotary tables, cache) each layer
+        ``layer``..L-1 received, so :meth:`Resume.run` can rerun just the top of
+        the model, with gradients, on a modified residual. With ``split`` > 0
+        the columns before ``split`` are run once into a KV cache and only the
+        later columns are rerun: right for edits that touch positions
+        >= ``split`` only (ROME's delta sits at the subject's last token).
+        Works for any family because it replays what the model itself passed.
+        Position ids follow the attention mask, so left padding is harmless.
+        """
+        import inspect
+
+        from transformers import DynamicCache
+
+        body = self.model.base_model  # the decoder stack without the vocabulary head: no logits to pay for
+        cache_kw = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        cache, snapshot = None, None
+        if split:
+            cache = DynamicCache(config=self.model.config)
+            body(input_ids=input_ids[:, :split], attention_mask=attention_mask[:, :split],
+                 position_ids=pos[:, :split], use_cache=True, **{cache_kw: cache})
+            snapshot = [dict(lay.__dict__) for lay in cache.layers]  # update() rebinds, never mutates, tensors
+        calls: list[tuple[tuple, dict]] = []
+        first: list[torch.Tensor] = []
+
+        def grab(mod, args, kwargs):
+            if not calls:
+                first.append(args[0] if args else kwargs.get("hidden_states"))
+            calls.append((tuple(args[1:]), dict(kwargs)))
+
+        handles = [self.layer(i).register_forward_pre_hook(grab, with_kwargs=True) for i in range(layer, self.num_layers)]
+        try:
+            kw = {cache_kw: cache, "use_cache": True} if split else {"use_cache": False}
+            body(input_ids=input_ids[:, split:], attention_mask=attention_mask, position_ids=pos[:, split:], **kw)
+        finally:
+            for h in handles:
+                h.remove()
+        return Resume(self, layer, first[0], calls, cache, snapshot)
+
+    @torch.no_grad()
+    def sync(self, key: str) -> None:
+        """Copy the checkpoint's current value of ``key`` (staged edit, stored-dtype rounding and all)
+        into the loaded model, so an edit can be measured without reloading."""
+        ref = self.ck.resolve(key)
+        param = getattr(self.module(key), ref.param)
+        param.copy_(self.ck.stored(ref.tensor).to(param.dtype))
+
+
+class Resume:
+    """The top of a model (layers ``layer``..L-1, final norm, head), ready to rerun.
+
+    Made by :meth:`Runtime.resume_from`; ``hidden`` is the residual entering
+    ``layer`` at the rerun columns. Hooks registered with :meth:`Runtime.patch`
+    fire during :meth:`run` as in a full forward.
+    """
+
+    def __init__(self, rt: Runtime, layer: int, hidden: torch.Tensor, calls, cache, snapshot):
+        self.rt, self.layer, self.hidden = rt, layer, hidden
+        self._calls, self._cache, self._snapshot = calls, cache, snapshot
+
+    def run(self, hidden: torch.Tensor, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 logits at (rows, cols) of the rerun columns (all of them when omitted)."""
+        if self._cache is not None:  # back to the prefix-only cache of resume_from
+            for lay, snap in zip(self._cache.layers, self._snapshot):
+                lay.__dict__.clear()
+                lay.__dict__.update(snap)
+        h = hidden
+        for i, (args, kwargs) in enumerate(self._calls):
+            h = _main(self.rt.layer(self.layer + i)(h, *args, **kwargs))
+        if rows is not None:
+            h = h[rows, cols]
+        logits = self.rt.module("lm_head")(self.rt.module("final_norm")(h)).float()
+        cap = getattr(self.rt.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def load(ck_or_path, **kw) -> Runtime:

@@ -1,0 +1,297 @@
+"""Rank-one model editing (ROME: Meng et al. 2022, "Locating and Editing Factual Associations in GPT").
+
+ROME reads ``mlp.down`` of a middle layer as a key-value memory: the key k is
+the input of ``mlp.down`` at the subject's last token, the value v its output.
+To make "The Eiffel Tower is located in the city of" continue with " Rome" it
+
+1. takes k* = the mean key at the subject's last token over a few short
+   prefixes (so the edit fires whatever text came before the subject);
+2. finds v* = W k* + δ by optimising δ, added to the output of ``mlp.down`` at
+   that token, so the model produces the target (NLL over the prefixed
+   prompts) while its next-token prediction after "{subject} is a" barely
+   moves (KL term; the paper's Eq. 4, where the reference code reads it at the
+   subject's last token) and δ stays small (weight decay and norm clamp,
+   relative to ‖W k*‖). δ is what each prefixed prompt received, so the
+   memory's new answer for the mean key is W k* + δ;
+3. inserts (k*, v*) with the least change to the other stored keys, measured
+   under their second moment C (:mod:`surgeon.edits.covariance`):
+   ΔW = Λ uᵀ with u = C⁻¹k* and Λ = (v* − W k*) / (uᵀ k*), so ΔW k* = v* − W k*.
+
+Speed: everything below the edited layer, and every position before the
+subject's last token, is the same at every optimisation step, so it is run
+once (:meth:`surgeon.runtime.Runtime.resume_from`, a KV cache for the prefix
+columns); each step reruns only layers l..L-1 on the columns from the
+subject's last token on, for all prefixed prompts in one batch, with the
+model's weights frozen (no weight gradients) and the vocabulary head applied
+only where a loss reads it.
+
+Prefixes are sentence openings drawn from the shipped neutral corpus with a
+fixed seed, where ROME samples them from the model: no generation cost,
+reproducible, and still ordinary text ending in ". " before the prompt.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..errors import EditError
+
+
+@dataclass
+class RankOneRequest:
+    """One fact: ``prompt`` contains ``subject`` and should continue with ``target`` (mind the leading space)."""
+
+    prompt: str
+    subject: str
+    target: str
+
+
+@dataclass
+class RankOneParams:
+    """Knobs of the v* optimisation; defaults are ROME's GPT-2 XL values except where noted."""
+
+    steps: int = 20  # Adam steps for δ
+    lr: float = 0.5
+    kl_weight: float = 0.0625  # weight of KL(original || edited) of the next token after each kl_prompt
+    weight_decay: float = 0.5  # × ‖δ‖² / ‖W k*‖²
+    clamp_norm_factor: float = 4.0  # ‖δ‖ ≤ factor × ‖W k*‖
+    stop_loss: float = 5e-2  # ROME's early stop on the total loss
+    n_prefixes: int = 5  # ROME uses 20; on SmolLM2 5 generalise as well as 10 or 20 (benches/bench_rome.py)
+    prefix_words: tuple[int, ...] = (5, 10)  # prefix lengths, cycled
+    kl_prompts: tuple[str, ...] = ("{} is a",)
+    seed: int = 0
+    covariance_tokens: int = 20_000  # keys for C when covariance="corpus"
+    resume: bool = True  # rerun only layers l.. from the subject's last token (False: whole model, as reference ROME)
+
+
+@dataclass
+class RankOneResult:
+    """What the edit did, with the numbers that show whether it worked."""
+
+    key: str
+    layer: int
+    covariance: dict
+    p_before: float  # P(target | prompt) before the edit
+    p_after: float  # ... after, with the weights as stored (dtype rounding included)
+    p_optimised: float  # mean P(target) over the prefixed prompts at the end of the v* optimisation
+    steps: int  # optimisation steps run
+    delta_norm: float  # ‖ΔW‖ (float32)
+    relative: float  # ‖ΔW‖ / ‖W‖
+    stored_delta_norm: float  # ‖W_stored − W‖ after the cast to the stored dtype
+    rounding_error: float  # ‖(W_stored − W) − ΔW‖ / ‖ΔW‖
+    seconds: float  # whole edit, computing C excluded (loading a cached C included)
+    seconds_v: float  # the v* optimisation
+    k_star: torch.Tensor = field(repr=False)
+    v_star: torch.Tensor = field(repr=False)
+    delta_w: torch.Tensor = field(repr=False)  # ΔW (out, in), float32
+
+    def summary(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if not isinstance(v, torch.Tensor)}
+
+
+def rank_one(ck, request: RankOneRequest, *, layer: int | None = None, covariance="corpus",
+             params: RankOneParams | None = None, runtime=None) -> RankOneResult:
+    """Rewrite one fact with a rank-one update of ``layers.{layer}.mlp.down``.
+
+    ``covariance``: ``"corpus"`` (C from the shipped neutral text, cached),
+    ``"identity"`` (u = k*: what C buys is the difference), a
+    :class:`surgeon.edits.covariance.Covariance`, or a (d_ff, d_ff) tensor.
+    ``layer`` defaults to num_layers // 5 (layer 6 of SmolLM2's 30; ROME picks
+    it by causal tracing). ``runtime``: a loaded Runtime of ``ck`` to reuse; it
+    is kept in sync with the edit. The edit is staged in ``ck`` and recorded.
+    """
+    from ..runtime import load
+    from .covariance import Covariance, key_covariance
+
+    t0 = time.perf_counter()
+    p = params or RankOneParams()
+    layer = ck.num_layers // 5 if layer is None else layer
+    key = f"layers.{layer}.mlp.down"
+    if key not in ck:
+        raise EditError(f"{key}: no such tensor in {ck.path} (rank-one edits need mlp.down)")
+    if request.subject not in request.prompt:
+        raise EditError(f"{key}: subject {request.subject!r} does not occur in prompt {request.prompt!r}")
+    if isinstance(covariance, str) and covariance not in ("corpus", "identity"):
+        raise EditError(f"{key}: covariance must be 'corpus', 'identity', a Covariance or a tensor, not {covariance!r}")
+    if isinstance(covariance, Covariance) and covariance.layer != layer:
+        raise EditError(f"{key}: covariance was computed for layers.{covariance.layer}.mlp.down")
+    if not isinstance(covariance, (str, Covariance)):
+        covariance = torch.as_tensor(covariance)
+        d = ck.shape(key)[1]
+        if covariance.shape != (d, d):
+            raise EditError(f"{key}: covariance of shape {tuple(covariance.shape)} does not match keys of size {d}")
+    rt = runtime if runtime is not None else load(ck)
+    tok = rt.tokenizer
+    target_ids = tok(request.target, add_special_tokens=False)["input_ids"]
+    if not target_ids:
+        raise EditError(f"{key}: target {request.target!r} is empty after tokenisation")
+
+    p_before = float(rt.continuation_logprob([request.prompt], [request.target])[0].exp())
+
+    # -- the batch: prefixed prompts (+ target but its last token), then the KL prompts
+    prefixes = [""] + corpus_prefixes(p.n_prefixes, p.prefix_words, p.seed)
+    texts = [pre + request.prompt for pre in prefixes] + [k.format(request.subject) for k in p.kl_prompts]
+    n_rw = len(prefixes)
+    rows, subj = [], []
+    for i, text in enumerate(texts):
+        start = len(prefixes[i]) if i < n_rw else 0
+        subj.append(_last_subject_token(tok, text, request.subject, start))
+        rows.append(tok(text)["input_ids"] + (target_ids[:-1] if i < n_rw else []))
+    ids, mask, offset = _left_pad(rows, tok.pad_token_id)
+    subj_col = torch.tensor([o + s for o, s in zip(offset, subj)])
+    last_col = torch.tensor([len(r) - 1 + o for r, o in zip(rows, offset)])
+    split = int(subj_col.min()) if p.resume else 0
+    start_layer = layer if p.resume else 0
+
+    # positions whose logits a loss reads: each target token of each rewriting row, the last of each KL row
+    nll_r, nll_c, nll_t = [], [], []
+    for i in range(n_rw):
+        first = last_col[i] - (len(target_ids) - 1)  # predicts target_ids[0]
+        for j, t in enumerate(target_ids):
+            nll_r.append(i), nll_c.append(int(first) + j - split), nll_t.append(t)
+    kl_r = torch.arange(n_rw, len(texts))
+    kl_c = last_col[n_rw:] - split
+    sel_r = torch.cat([torch.tensor(nll_r), kl_r])
+    sel_c = torch.cat([torch.tensor(nll_c), kl_c])
+    nll_t = torch.tensor(nll_t)
+    n_nll = len(nll_r)
+
+    # -- k*: mean key at the subject's last token over the prefixed prompts
+    W = ck[key]
+    at = subj_col - split
+    with _frozen(rt.model), rt.capture([f"{key}.input"]) as store:
+        top = rt.resume_from(start_layer, ids, mask, split=split)
+    keys = store[f"{key}.input"].float()
+    k_star = keys[torch.arange(n_rw), at[:n_rw]].mean(0).cpu()
+    wk = W @ k_star  # W k*: what the memory returns for k* today
+
+    # -- v*: optimise δ added to mlp.down's output at the subject's last token
+    t_v = time.perf_counter()
+    delta = torch.zeros_like(wk, device=rt.device, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=p.lr)
+    max_norm = p.clamp_norm_factor * wk.norm()
+    r_all = torch.arange(len(texts), device=rt.device)
+    c_all = at.to(rt.device)
+
+    def add_delta(out):
+        return out.index_put((r_all, c_all), delta.to(out.dtype).expand(len(texts), -1), accumulate=True)
+
+    sel_r, sel_c = sel_r.to(rt.device), sel_c.to(rt.device)
+    with _frozen(rt.model), torch.enable_grad():
+        with torch.no_grad():
+            base = torch.log_softmax(top.run(top.hidden, sel_r[n_nll:], sel_c[n_nll:]), -1)
+        steps, p_opt = 0, 0.0
+        for steps in range(1, p.steps + 1):
+            opt.zero_grad()
+            with rt.patch(key, add_delta):
+                logp = torch.log_softmax(top.run(top.hidden, sel_r, sel_c), -1)
+            tok_lp = logp[:n_nll].gather(1, nll_t.to(rt.device).view(-1, 1)).squeeze(1)
+            nll = -tok_lp.mean()
+            kl = p.kl_weight * torch.nn.functional.kl_div(logp[n_nll:], base, log_target=True, reduction="batchmean")
+            decay = p.weight_decay * delta.norm() ** 2 / wk.norm() ** 2
+            loss = nll + kl + decay
+            p_opt = float(tok_lp.detach().view(n_rw, -1).sum(1).exp().mean())
+            if loss.item() < p.stop_loss:
+                break
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                if delta.norm() > max_norm:
+                    delta.mul_(max_norm / delta.norm())
+        del top
+    delta = delta.detach().cpu()
+    v_star = wk + delta
+    seconds_v = time.perf_counter() - t_v
+
+    # -- ΔW = Λ uᵀ, u = C⁻¹k*, Λ = (v* − W k*) / (uᵀk*)
+    c_seconds = 0.0
+    if isinstance(covariance, str) and covariance == "identity":
+        u, cov_info = k_star.double(), {"source": "identity"}
+    else:
+        if isinstance(covariance, str):  # "corpus"
+            covariance = key_covariance(ck, layer, tokens=p.covariance_tokens, runtime=rt)
+            c_seconds = covariance.seconds
+        C = covariance.matrix if isinstance(covariance, Covariance) else torch.as_tensor(covariance)
+        cov_info = covariance.describe() if isinstance(covariance, Covariance) else {"source": "tensor"}
+        u = torch.linalg.solve(C.double(), k_star.double())
+    lam = (v_star - wk).double() / (u @ k_star.double())
+    delta_w = torch.outer(lam, u).float()
+
+    ck[key] = W + delta_w
+    stored = ck[key] - W
+    rt.sync(key)
+    p_after = float(rt.continuation_logprob([request.prompt], [request.target])[0].exp())
+    result = RankOneResult(
+        key=key, layer=layer, covariance=cov_info, p_before=p_before, p_after=p_after, p_optimised=p_opt,
+        steps=steps, delta_norm=float(delta_w.norm()), relative=float(delta_w.norm() / W.norm()),
+        stored_delta_norm=float(stored.norm()), rounding_error=float((stored - delta_w).norm() / delta_w.norm()),
+        seconds=time.perf_counter() - t0 - c_seconds, seconds_v=seconds_v, k_star=k_star, v_star=v_star, delta_w=delta_w,
+    )
+    ck.record("rome", key=key, layer=layer, subject=request.subject, prompt=request.prompt, target=request.target,
+              covariance=cov_info, p_before=round(p_before, 4), p_after=round(p_after, 4),
+              relative_change=round(result.relative, 5), steps=steps, params=_jsonable(asdict(p)))
+    return result
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def corpus_prefixes(n: int, words: tuple[int, ...] = (5, 10), seed: int = 0) -> list[str]:
+    """``n`` short openings of corpus sentences, each ending in ". ", lengths cycling through ``words``."""
+    from .covariance import neutral_paragraphs
+
+    sentences = [s for para in neutral_paragraphs("fit") for s in re.split(r"(?<=[.!?])\s+", para)]
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        want = words[i % len(words)]
+        pool = [s for s in sentences if len(s.split()) > want]
+        opening = " ".join(rng.choice(pool).split()[:want]).rstrip(",;:.")
+        out.append(opening + ". ")
+    return out
+
+
+def _last_subject_token(tok, text: str, subject: str, start: int) -> int:
+    """Index of the last token overlapping ``subject`` (first occurrence at or after char ``start``)."""
+    s = text.find(subject, start)
+    end = s + len(subject)
+    if getattr(tok, "is_fast", False):
+        offsets = tok(text, return_offsets_mapping=True)["offset_mapping"]
+        hits = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > s]
+        if hits:
+            return hits[-1]
+    return len(tok(text[:end])["input_ids"]) - 1
+
+
+def _left_pad(rows: list[list[int]], pad: int):
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    offset = []
+    for i, r in enumerate(rows):
+        ids[i, T - len(r):] = torch.tensor(r)
+        mask[i, T - len(r):] = 1
+        offset.append(T - len(r))
+    return ids, mask, offset
+
+
+@contextmanager
+def _frozen(model):
+    """No weight gradients during the v* optimisation (they would cost a third more matmuls)."""
+    flags = [q.requires_grad for q in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for q, f in zip(model.parameters(), flags):
+            q.requires_grad_(f)
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
