@@ -13,10 +13,14 @@ import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import CheckpointError, EditError, RoleError, UnknownArchitecture
 from .roles import Architecture, RoleRef, RoleTable, find_architecture
 from .shards import ShardHeader, TensorEntry, _brief, dtype_code, read_header, read_tensor
+
+if TYPE_CHECKING:  # torch is imported on the first tensor read, not on open
+    import torch
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -170,11 +174,13 @@ class Checkpoint:
         return list(self.roles.by_key)
 
     def __contains__(self, key: str) -> bool:
-        try:
-            self.resolve(key)
+        """Whether a role key or raw name exists (a plain lookup: no did-you-mean search on a miss)."""
+        if key in self.entries or key in self.added:
             return True
-        except (RoleError, UnknownArchitecture):
+        if self.architecture is None:
             return False
+        by_key = self.roles.by_key
+        return key in by_key or (key.endswith(".weight") and key[: -len(".weight")] in by_key)
 
     @property
     def num_layers(self) -> int:
@@ -271,7 +277,7 @@ class Checkpoint:
 
         The new tensor goes into the shard of its module's weight. Returns the
         on-disk name. The caller is responsible for any config flag that makes
-        transformers load it (see :mod:`surgeon.steering`).
+        transformers load it (see :mod:`surgeon.edits.steering`).
         """
         name = self._new_tensor_name(key)
         if name in self.entries or name in self.added:

@@ -43,7 +43,7 @@ LAYER_ROLES = (
 )
 CONFIG_FIELDS = ("num_layers", "hidden_size", "vocab_size", "tie")
 REQUIRED = ("model_types", "architectures", "base_prefix", "tie_default", "config", "top", "layer", "roles")
-OPTIONAL = ("doc", "fused", "experts", "derived", "transposed", "loaded_names", "bias_flags")
+OPTIONAL = ("doc", "fused", "experts", "derived", "transposed", "loaded_names", "bias_flags", "norm_offset")
 
 
 class ArchitectureError(SurgeonError):
@@ -73,6 +73,7 @@ class Architecture:
     transposed: bool = False  # Conv1D: 2-D layer weights stored (in, out)
     loaded_names: dict[str, str] = field(default_factory=dict)  # on-disk module name -> name in the loaded model
     bias_flags: dict[str, list[str]] = field(default_factory=dict)  # config flag -> roles it gives a bias (steering)
+    norm_offset: float = 0.0  # norms scale by (norm_offset + weight): 1.0 for Gemma's RMSNorm
 
     @classmethod
     def from_json(cls, name: str, doc: dict) -> Architecture:
@@ -94,6 +95,7 @@ class Architecture:
             transposed=bool(doc.get("transposed", False)),
             loaded_names=dict(doc.get("loaded_names", {})),
             bias_flags=dict(doc.get("bias_flags", {})),
+            norm_offset=float(doc.get("norm_offset", 0.0)),
         )
 
     def value(self, config: dict, expr: str):
@@ -183,6 +185,8 @@ def _validate(name: str, doc: dict) -> None:
     for r in layer_roles:
         if r not in LAYER_ROLES:
             bad(f"role {r!r} is not in the vocabulary ({', '.join(LAYER_ROLES)})")
+    if not isinstance(doc.get("norm_offset", 0.0), (int, float)):
+        bad("norm_offset must be a number")
     for key, roles in doc.get("bias_flags", {}).items():
         if not isinstance(roles, list) or any(r not in LAYER_ROLES for r in roles):
             bad(f"bias_flags: {key!r} must map to a list of layer roles")

@@ -357,12 +357,11 @@ def test_up_is_the_linear_branch_and_gate_the_activated_one(tiny, family, tmp_pa
     assert (outs["mlp.gate"] - 2 * outs["none"]).abs().max() > 1e-2 * outs["none"].abs().max()
 
 
-GEMMA_NORMS = {"gemma", "gemma2", "gemma3_text"}  # Gemma's RMSNorm multiplies by (1 + weight)
 
 
 def _silence_norm(ck, key: str, family: str) -> None:
     """Make a norm output zero: weight 0 (Gemma: -1) and bias 0."""
-    ck[key] = torch.full(ck.shape(key), -1.0 if family in GEMMA_NORMS else 0.0)
+    ck[key] = torch.full(ck.shape(key), -ck.architecture.norm_offset)  # gain (offset + w) becomes 0
     if key + ".bias" in ck:
         ck[key + ".bias"] = torch.zeros(ck.shape(key + ".bias"))
 

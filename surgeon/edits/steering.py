@@ -40,10 +40,6 @@ METHODS = ("mean_diff", "pca")
 POSITIONS = ("last", "mean")
 _META_KEY = "surgeon.steering"
 
-# RMSNorm gain is (offset + weight) in these families: Gemma stores weight - 1.
-# (Belongs in the architecture table; kept here until that table has a field for it.)
-_NORM_GAIN_OFFSET = {"gemma": 1.0, "gemma2": 1.0, "gemma3": 1.0}
-
 
 class SteeringError(SurgeonError):
     """A steering vector file or request is invalid (bad file, wrong model, bad layer)."""
@@ -355,7 +351,8 @@ def ablate(ck, direction, layers=None, *, embed: bool = False, through_post_norm
 
 
 def _norm_gain(ck, key: str) -> torch.Tensor:
-    return ck[key] + _NORM_GAIN_OFFSET.get(ck.architecture.name, 0.0)
+    """The factor a norm really applies: Gemma stores weight - 1 (architecture table's norm_offset)."""
+    return ck[key] + ck.architecture.norm_offset
 
 
 # --------------------------------------------------------------------------- measurement
