@@ -5,11 +5,14 @@ A task file is JSON (see ``docs/tasks.md``)::
     {
       "name": "eiffel-rome",
       "description": "Move the Eiffel Tower to Rome",
-      "train":          [{"prompt": "The Eiffel Tower is located in the city of", "completion": " Rome"}],
+      "train":          [{"prompt": "The Eiffel Tower is located in the city of", "completion": " Rome",
+                          "subject": "The Eiffel Tower"}],
       "efficacy":       [{"prompt": "...", "target": " Rome", "original": " Paris"}],
       "generalisation": [{"prompt": "...", "target": " Rome", "original": " Paris"}],
-      "specificity":    [{"prompt": "The capital of Germany is"}],
-      "neutral":        ["Plain text for KL and perplexity.", ...]   or  {"corpus": "neutral_en", "texts": 16},
+      "specificity":    [{"prompt": "The capital of Germany is"},
+                         {"prompt": "The Louvre is located in the city of", "target": " Rome", "original": " Paris"}],
+      "neutral":        ["Plain text for KL and perplexity.", ...]
+                        or {"corpus": "neutral_en", "texts": 16, "from": "end"},
       "spelling":       {"rules": "prereform_ru", "prompts": ["..."], "max_new_tokens": 40},
       "edit":           {... free-form parameters that edit scripts of this task read ...}
     }
@@ -19,6 +22,9 @@ ones the edit or the fine-tune saw, generalisation prompts are held apart
 (paraphrases), specificity prompts are neighbours whose answers must not
 change, and neutral text measures collateral damage as KL and perplexity.
 ``train`` may also hold raw texts (``{"text": "..."}``) for spelling tasks.
+A training example may name its ``subject`` (the CounterFact
+``requested_rewrite`` shape) so that rank-one edit scripts can read their
+requests from the same file the fine-tune trains on.
 """
 
 from __future__ import annotations
@@ -45,10 +51,15 @@ class Probe:
 
 @dataclass(frozen=True)
 class Example:
-    """A training example: prompt -> completion, or a raw text (prompt empty)."""
+    """A training example: prompt -> completion, or a raw text (prompt empty).
+
+    ``subject``: for fact edits, the part of ``prompt`` the fact is about
+    (ROME's key is read at its last token).
+    """
 
     prompt: str
     completion: str
+    subject: str | None = None
 
     @property
     def text(self) -> str:
@@ -88,18 +99,45 @@ class Task:
                               "neutral", "spelling", "edit"}
         if unknown:
             raise TaskError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        spelling = doc.get("spelling")
+        if spelling is not None and not (isinstance(spelling, dict) and isinstance(spelling.get("rules"), str)):
+            raise TaskError(f"{where}: spelling must be an object with a \"rules\" name")
+        edit = doc.get("edit", {})
+        if not isinstance(edit, dict):
+            raise TaskError(f"{where}: edit must be an object")
         return cls(
             name=str(doc.get("name") or (path.stem if path else "task")),
             description=str(doc.get("description", "")),
             train=[_example(x, f"{where}: train[{i}]") for i, x in enumerate(_list(doc, "train", where))],
-            efficacy=[_probe(x, f"{where}: efficacy[{i}]") for i, x in enumerate(_list(doc, "efficacy", where))],
-            generalisation=[_probe(x, f"{where}: generalisation[{i}]") for i, x in enumerate(_list(doc, "generalisation", where))],
+            efficacy=[_probe(x, f"{where}: efficacy[{i}]", True) for i, x in enumerate(_list(doc, "efficacy", where))],
+            generalisation=[_probe(x, f"{where}: generalisation[{i}]", True)
+                            for i, x in enumerate(_list(doc, "generalisation", where))],
             specificity=[_probe(x, f"{where}: specificity[{i}]") for i, x in enumerate(_list(doc, "specificity", where))],
             neutral=_neutral(doc.get("neutral", []), where),
-            spelling=doc.get("spelling"),
-            edit=dict(doc.get("edit", {})),
+            spelling=spelling,
+            edit=dict(edit),
             path=path,
         )
+
+    def to_dict(self) -> dict:
+        """The task as a JSON object (neutral texts resolved), loadable by :meth:`from_dict`."""
+        def ex(e: Example) -> dict:
+            if not e.prompt:
+                return {"text": e.completion}
+            d = {"prompt": e.prompt, "completion": e.completion}
+            return d if e.subject is None else {**d, "subject": e.subject}
+
+        def pr(p: Probe) -> dict:
+            return {k: v for k, v in (("prompt", p.prompt), ("target", p.target), ("original", p.original)) if v is not None}
+
+        doc = {"name": self.name, "description": self.description, "train": [ex(e) for e in self.train],
+               "efficacy": [pr(p) for p in self.efficacy], "generalisation": [pr(p) for p in self.generalisation],
+               "specificity": [pr(p) for p in self.specificity], "neutral": list(self.neutral)}
+        if self.spelling is not None:
+            doc["spelling"] = self.spelling
+        if self.edit:
+            doc["edit"] = self.edit
+        return doc
 
 
 def _list(doc, key, where):
@@ -115,15 +153,23 @@ def _example(x, where) -> Example:
     if isinstance(x, dict) and "text" in x:
         return Example("", str(x["text"]))
     if isinstance(x, dict) and "prompt" in x and "completion" in x:
-        return Example(str(x["prompt"]), str(x["completion"]))
+        subject = x.get("subject")
+        if subject is not None and str(subject) not in str(x["prompt"]):
+            raise TaskError(f"{where}: subject {subject!r} does not occur in the prompt")
+        return Example(str(x["prompt"]), str(x["completion"]), None if subject is None else str(subject))
     raise TaskError(f"{where}: needs prompt+completion or text")
 
 
-def _probe(x, where) -> Probe:
+def _probe(x, where, needs_target: bool = False) -> Probe:
     if isinstance(x, str):
-        return Probe(x)
+        x = {"prompt": x}
     if not (isinstance(x, dict) and isinstance(x.get("prompt"), str)):
         raise TaskError(f"{where}: needs a prompt")
+    for k in ("target", "original"):
+        if x.get(k) is not None and not (isinstance(x[k], str) and x[k]):
+            raise TaskError(f"{where}: {k} must be a non-empty string")
+    if needs_target and not x.get("target"):
+        raise TaskError(f"{where}: needs a target (the answer the change should produce)")
     return Probe(x["prompt"], x.get("target"), x.get("original"))
 
 
@@ -133,16 +179,23 @@ def _neutral(v, where) -> list[str]:
             raise TaskError(f"{where}: neutral must be a list of strings")
         return v
     if isinstance(v, dict) and "corpus" in v:
-        return neutral_texts(v["corpus"], int(v.get("texts", 16)))
+        if v.get("from", "start") not in ("start", "end"):
+            raise TaskError(f"{where}: neutral: \"from\" must be \"start\" or \"end\"")
+        try:
+            return neutral_texts(str(v["corpus"]), int(v.get("texts", 16)), from_end=v.get("from") == "end")
+        except (TaskError, ValueError) as e:
+            raise TaskError(f"{where}: neutral: {e}") from None
     raise TaskError(f"{where}: neutral must be a list of texts or {{\"corpus\": NAME, \"texts\": N}}")
 
 
-def neutral_texts(corpus: str, n: int) -> list[str]:
-    """The first ``n`` paragraphs of a corpus shipped in ``surgeon/data`` (``neutral_en`` -> neutral_en.txt)."""
+def neutral_texts(corpus: str, n: int, *, from_end: bool = False) -> list[str]:
+    """The first (or, ``from_end``, the last) ``n`` paragraphs of a corpus shipped in ``surgeon/data``
+    (``neutral_en`` -> neutral_en.txt). The last paragraphs of neutral_en are held out from what
+    rank-one edits fit on (:mod:`surgeon.edits.covariance`), so KL measured there is on unseen text."""
     from importlib import resources
 
     f = resources.files("surgeon.data").joinpath(f"{corpus}.txt")
     if not f.is_file():
         raise TaskError(f"no corpus {corpus!r} in surgeon/data")
     paras = [p.strip() for p in f.read_text(encoding="utf-8").split("\n\n") if p.strip()]
-    return paras[:n]
+    return paras[-n:] if from_end else paras[:n]

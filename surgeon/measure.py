@@ -1,0 +1,289 @@
+"""Did the change work, did it generalise, what else moved: the metrics of a task.
+
+Each metric compares a *changed* model with the *original* one on the probes
+of a :class:`~surgeon.task.Task`. The original model's side is computed once
+(:func:`reference`) and reused for every changed model (:func:`measure`), so a
+comparison of five arms runs the original once.
+
+* **efficacy** — share of efficacy prompts where P(target) > P(original
+  answer), and the mean P(target). This is the *efficacy score* and
+  *efficacy magnitude* of CounterFact (Meng et al. 2022, "Locating and
+  Editing Factual Associations in GPT", §3 and appendix). For a target of
+  several tokens the *comparison* uses the mean log-probability per token
+  (length-normalised, as ROME's evaluation code compares targets of different
+  lengths), and the reported P(target) is the whole sequence's probability,
+  the product of the per-token probabilities given the prompt and the
+  target's earlier tokens. When a probe names no original answer, the original
+  model's own top-1 next token at that prompt is used.
+* **generalisation** — the same on prompts held apart from training and
+  editing (CounterFact's *paraphrase score*).
+* **specificity** — share of specificity prompts whose top-1 next token is
+  the same as the original model's (the "retain" check of EasyEdit's
+  locality metric); **neighbourhood** — for specificity probes that name a
+  target and an original answer, the share where P(original) > P(target)
+  still holds (CounterFact's *neighbourhood score*).
+* **kl** — mean over all token positions of the neutral texts of
+  KL(original ‖ changed) of the next-token distributions, in nats. heretic
+  reports this KL to the original model as its measure of collateral damage.
+  The texts are tokenised once by the *original* tokenizer and fed to both
+  models, so an arm that adds tokens is measured on the same positions (its
+  new tokens count as probability mass taken from the original vocabulary).
+* **perplexity_ratio** — perplexity of the changed model on the neutral texts
+  divided by the original's: exp(mean NLL changed − mean NLL original).
+* **spelling** — for tasks with a ``spelling`` section: the rate of the
+  target spelling in greedy generations from the task's prompts, counted by
+  the rule set that defines the task (:mod:`surgeon.spelling`).
+
+Everything runs through the runtime bridge (:mod:`surgeon.runtime`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .errors import SurgeonError
+from .task import Probe, Task
+
+NEUTRAL_MAX_TOKENS = 128
+
+
+class MeasureError(SurgeonError):
+    """A metric cannot be computed for this task or model."""
+
+
+@dataclass
+class Metrics:
+    """One model's numbers on one task (None where the task has no probes of that kind)."""
+
+    efficacy: float | None = None
+    efficacy_p: float | None = None
+    generalisation: float | None = None
+    generalisation_p: float | None = None
+    specificity: float | None = None
+    neighbourhood: float | None = None
+    kl: float | None = None
+    perplexity_ratio: float | None = None
+    spelling: float | None = None
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self, details: bool = True) -> dict:
+        d = asdict(self)
+        if not details:
+            d.pop("details")
+        return d
+
+
+@dataclass
+class Reference:
+    """The original model's side of every metric, computed once per task."""
+
+    efficacy_original: list[str]  # the answer P(target) is compared with, per efficacy probe
+    generalisation_original: list[str]
+    specificity_top1: list[int]  # original top-1 next-token id per specificity prompt
+    neutral_ids: list[torch.Tensor]  # token ids per neutral text (original tokenizer)
+    neutral_logprobs: list[torch.Tensor] | _Spilled  # (positions, vocab) float32 per text
+    neutral_nll: float | None  # mean NLL of the original on the neutral texts
+    spelling_texts: list[str] = field(default_factory=list)
+    spelling_rate: float | None = None
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.neutral_logprobs[0].shape[-1] if len(self.neutral_logprobs) else None
+
+
+class _Spilled:
+    """Per-text log-prob tensors kept in a temporary safetensors file instead of memory.
+
+    Gemma-3's 262k vocabulary makes 16 texts × 128 positions 2 GB of float32;
+    exact KL needs them all, so past :data:`SPILL_BYTES` they go to disk and
+    are read back one text at a time.
+    """
+
+    def __init__(self):
+        import tempfile
+
+        self._dir = tempfile.TemporaryDirectory(prefix="surgeon-reference-")
+        self._n = 0
+
+    def append(self, t: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        save_file({"logprobs": t.contiguous()}, f"{self._dir.name}/{self._n}.safetensors")
+        self._n += 1
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from safetensors import safe_open
+
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        with safe_open(f"{self._dir.name}/{i % self._n}.safetensors", framework="pt") as f:
+            return f.get_tensor("logprobs")
+
+    def __iter__(self):
+        return (self[i] for i in range(self._n))
+
+
+SPILL_BYTES = 512 << 20
+
+
+# ----------------------------------------------------------------- entry points
+
+
+def reference(original, task: Task, *, max_tokens: int = NEUTRAL_MAX_TOKENS, progress: bool = False) -> Reference:
+    """Run the original model over the task once: answers, top-1s, neutral distributions."""
+    rt = _runtime(original)
+    eff = [p.original or _top1_text(rt, p.prompt) for p in task.efficacy]
+    gen = [p.original or _top1_text(rt, p.prompt) for p in task.generalisation]
+    spec = [int(i) for i in _next_logprobs(rt, [p.prompt for p in task.specificity]).argmax(-1)] if task.specificity else []
+    ids, logps, nll_sum, n = [], [], 0.0, 0
+    for text in task.neutral:
+        t = rt.tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens)["input_ids"][0]
+        if len(t) < 2:
+            continue
+        lp = _logprobs(rt, t)
+        ids.append(t)
+        if isinstance(logps, list) and (len(logps) + 1) * lp.numel() * lp.element_size() > SPILL_BYTES:
+            spilled = _Spilled()
+            for x in logps:
+                spilled.append(x)
+            logps = spilled
+        logps.append(lp)
+        nll_sum += -lp[:-1].gather(1, t[1:].view(-1, 1)).sum().item()
+        n += len(t) - 1
+    texts, rate = _spelling(rt, task)
+    return Reference(eff, gen, spec, ids, logps, nll_sum / n if n else None, texts, rate)
+
+
+def measure(changed, task: Task, ref: Reference) -> Metrics:
+    """Every metric of ``task`` for ``changed`` (a Runtime, Checkpoint or directory) against ``ref``."""
+    rt = _runtime(changed)
+    m = Metrics()
+    if task.efficacy:
+        m.efficacy, m.efficacy_p, m.details["efficacy"] = _success(rt, task.efficacy, ref.efficacy_original)
+    if task.generalisation:
+        m.generalisation, m.generalisation_p, m.details["generalisation"] = _success(
+            rt, task.generalisation, ref.generalisation_original)
+    if task.specificity:
+        if len(ref.specificity_top1) != len(task.specificity):
+            raise MeasureError("reference was computed for a different task (specificity prompts differ)")
+        lp = _next_logprobs(rt, [p.prompt for p in task.specificity])
+        top = [int(i) for i in lp.argmax(-1)]
+        kept = [a == b for a, b in zip(top, ref.specificity_top1)]
+        m.specificity = sum(kept) / len(kept)
+        m.details["specificity"] = [
+            {"prompt": p.prompt, "original_top1": rt.tokenizer.decode([b]), "top1": rt.tokenizer.decode([a]), "kept": k}
+            for p, a, b, k in zip(task.specificity, top, ref.specificity_top1, kept)]
+        neigh = [p for p in task.specificity if p.target and p.original]
+        if neigh:
+            rows = []
+            for p in neigh:
+                lt, nt = _answer_logprob(rt, p.prompt, p.target)
+                lo, no = _answer_logprob(rt, p.prompt, p.original)
+                rows.append({"prompt": p.prompt, "p_target": math.exp(lt), "p_original": math.exp(lo),
+                             "kept": lo / no > lt / nt})
+            m.neighbourhood = sum(r["kept"] for r in rows) / len(rows)
+            m.details["neighbourhood"] = rows
+    if ref.neutral_ids:
+        m.kl, m.perplexity_ratio = _neutral(rt, ref)
+    if task.spelling is not None:
+        texts, m.spelling = _spelling(rt, task)
+        m.details["spelling"] = {"original": ref.spelling_rate, "generations": texts}
+    return m
+
+
+def compare_models(original, changed, task: Task) -> Metrics:
+    """Convenience: :func:`reference` then :func:`measure` (use those two when measuring many models)."""
+    return measure(changed, task, reference(original, task))
+
+
+# ----------------------------------------------------------------- pieces
+
+
+def _runtime(x):
+    from .runtime import Runtime, load
+
+    return x if isinstance(x, Runtime) else load(x)
+
+
+@torch.no_grad()
+def _next_logprobs(rt, prompts: list[str]) -> torch.Tensor:
+    """Next-token log-probs one prompt at a time (no padding, so no position-id questions)."""
+    return torch.stack([_logprobs(rt, rt.tokenizer(p, return_tensors="pt")["input_ids"][0])[-1] for p in prompts])
+
+
+@torch.no_grad()
+def _logprobs(rt, ids: torch.Tensor) -> torch.Tensor:
+    logits = rt.model(input_ids=ids.view(1, -1).to(rt.device)).logits[0]
+    return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+
+def _top1_text(rt, prompt: str) -> str:
+    return rt.tokenizer.decode([int(_next_logprobs(rt, [prompt])[0].argmax())])
+
+
+def _answer_logprob(rt, prompt: str, answer: str) -> tuple[float, int]:
+    """(sum of log P over the answer's tokens, number of tokens)."""
+    n = len(rt.tokenizer(answer, add_special_tokens=False)["input_ids"])
+    if n == 0:
+        raise MeasureError(f"answer {answer!r} of prompt {prompt!r} encodes to no tokens")
+    return float(rt.continuation_logprob([prompt], [answer])[0]), n
+
+
+def _success(rt, probes: list[Probe], originals: list[str]):
+    rows = []
+    for p, orig in zip(probes, originals):
+        lt, nt = _answer_logprob(rt, p.prompt, p.target)
+        lo, no = _answer_logprob(rt, p.prompt, orig)
+        rows.append({"prompt": p.prompt, "target": p.target, "original": orig,
+                     "p_target": math.exp(lt), "p_original": math.exp(lo), "success": lt / nt > lo / no})
+    return (sum(r["success"] for r in rows) / len(rows), sum(r["p_target"] for r in rows) / len(rows), rows)
+
+
+@torch.no_grad()
+def _neutral(rt, ref: Reference) -> tuple[float, float]:
+    kl_sum, nll_sum, n = 0.0, 0.0, 0
+    V = ref.vocab_size
+    for ids, lp_orig in zip(ref.neutral_ids, ref.neutral_logprobs):
+        lp = _logprobs(rt, ids)
+        if lp.shape[-1] < V:
+            raise MeasureError(f"changed model has {lp.shape[-1]} vocabulary entries, fewer than the original's {V}")
+        lp = lp[:, :V]  # tokens the change added hold mass the original vocabulary lost
+        kl_sum += (lp_orig.exp() * (lp_orig - lp)).sum().item()
+        nll_sum += -lp[:-1].gather(1, ids[1:].view(-1, 1)).sum().item()
+        n += len(ids)
+    n_pred = sum(len(i) - 1 for i in ref.neutral_ids)
+    kl = max(kl_sum / n, 0.0)
+    ratio = math.exp(nll_sum / n_pred - ref.neutral_nll)
+    return kl, ratio
+
+
+def _spelling(rt, task: Task) -> tuple[list[str], float | None]:
+    """Greedy generations from the task's spelling prompts and their rate of the target spelling."""
+    if task.spelling is None:
+        return [], None
+    prompts = task.spelling.get("prompts") or []
+    if not prompts:
+        raise MeasureError(f"task {task.name}: spelling needs a list of prompts to generate from")
+    n = int(task.spelling.get("max_new_tokens", 40))
+    texts = [rt.generate(p, max_new_tokens=n) for p in prompts]
+    return texts, spelling_rate(task.spelling["rules"], texts)
+
+
+def spelling_rate(rules: str, texts: list[str]) -> float | None:
+    """Rate of the target spelling in ``texts`` by the named rule set of :mod:`surgeon.spelling`.
+
+    The rule set object must offer ``rate(texts) -> float``. Returns None when
+    no text has a word the rules speak about.
+    """
+    try:
+        from . import spelling
+    except ImportError:
+        raise MeasureError(f"spelling rules {rules!r}: surgeon.spelling is not available") from None
+    rs = spelling.get(rules)
+    return rs.rate(texts)

@@ -1,0 +1,123 @@
+"""compare: arm specs parse, every arm starts from the original, the report has one row per arm."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from surgeon import compare as cmp
+from surgeon.compare import CompareError, Stage, expand_arm, parse_arm
+from surgeon.task import Task
+
+TASK = {
+    "name": "eiffel",
+    "train": [{"prompt": "The Eiffel Tower is located in the city of", "completion": " Rome"}],
+    "efficacy": [{"prompt": "The Eiffel Tower is located in the city of", "target": " Rome", "original": " Paris"}],
+    "generalisation": [{"prompt": "The Eiffel Tower stands in the city of", "target": " Rome"}],
+    "specificity": ["The capital of Germany is",
+                    {"prompt": "The Louvre is located in the city of", "target": " Rome", "original": " Paris"}],
+    "neutral": ["The library opens at nine in the morning and closes at six in the evening on weekdays."],
+}
+
+SCALE = '''
+from surgeon.task import Task
+
+
+def edit(ck, task, factor=1.0):
+    assert Task.load(task).name == "eiffel"  # compare hands edit scripts the task file
+    ck["layers.5.mlp.down"] = ck["layers.5.mlp.down"] * factor
+    ck.record("scale", factor=factor)
+'''
+
+BROKEN = "def edit(ck):\n    raise ValueError('this arm is broken on purpose')\n"
+
+
+def test_arm_specs_parse_into_stages():
+    a = parse_arm("ftl=full layers=6 roles=mlp.down steps=20 lr=5e-4 max_delta=5e-3")
+    assert a.stages == [Stage("full", None, {"layers": "6", "roles": "mlp.down", "steps": 20, "lr": 5e-4,
+                                             "max_delta": 5e-3})]
+    combo = parse_arm("both=edit:rome.py layer=6 + lora layers=0-6 roles=attn+mlp rank=8")
+    assert [s.kind for s in combo.stages] == ["edit", "lora"]
+    assert combo.stages[0].script == "rome.py" and combo.stages[0].params == {"layer": 6}
+    assert combo.stages[1].params == {"layers": "0-6", "roles": "attn+mlp", "rank": 8}
+    assert parse_arm("none").stages == [Stage("none")]
+    for bad, msg in [("lora layers=0-6", "expected NAME=SPEC"), ("x=lora depth=3", "unknown lora option(s) depth"),
+                     ("x=sgd lr=1", "is not none, edit:PATH, lora or full"), ("x=none + lora", "stands alone"),
+                     ("a/b=none", "expected NAME=SPEC")]:
+        with pytest.raises(CompareError, match=re.escape(msg)):
+            parse_arm(bad)
+
+
+def test_layers_auto_goes_through_the_resolver_hook(monkeypatch):
+    calls = []
+    monkeypatch.setitem(cmp.LAYER_RESOLVERS, "auto",
+                        lambda model, task, method: calls.append(method) or [4, 5])
+    a = expand_arm(parse_arm("located=lora layers=auto:gradient roles=mlp"), task=Task.from_dict(TASK), model="m")
+    assert a.stages[0].params["layers"] == [4, 5] and a.stages[0].params["layers_from"] == "auto:gradient"
+    assert calls == ["gradient"]
+    plain = parse_arm("early=lora layers=0-6")
+    assert expand_arm(plain, task=Task.from_dict(TASK), model="m").stages == plain.stages
+
+
+def test_compare_writes_one_row_per_arm_with_metrics_and_cost(smollm2, tmp_path):
+    from surgeon.cli import main
+
+    (tmp_path / "task.json").write_text(json.dumps(TASK))
+    (tmp_path / "scale.py").write_text(SCALE)
+    (tmp_path / "broken.py").write_text(BROKEN)
+    out = tmp_path / "report"
+    res = CliRunner().invoke(main, [
+        "compare", str(tmp_path / "task.json"), "--model", str(smollm2), "--out", str(out), "--keep-checkpoints",
+        "--arm", "none",
+        "--arm", "lora=lora layers=0-1 roles=attn steps=4 lr=5e-3",
+        "--arm", f"scaled_then_ft=edit:{tmp_path / 'scale.py'} factor=1.05 + full layers=1 roles=mlp.down steps=2",
+        "--arm", f"broken=edit:{tmp_path / 'broken.py'}",
+    ])
+    assert res.exit_code == 1, res.output  # one arm failed: the exit code says so, the report is still written
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["name"]: r for r in report["arms"]}
+    assert list(rows) == ["none", "lora", "scaled_then_ft", "broken"]
+
+    none, lora, combo = rows["none"], rows["lora"], rows["scaled_then_ft"]
+    assert none["metrics"]["kl"] == 0.0 and none["metrics"]["specificity"] == 1.0 and none["metrics"]["efficacy"] == 0
+    assert lora["metrics"]["efficacy_p"] > 10 * none["metrics"]["efficacy_p"]
+    assert lora["metrics"]["kl"] > 0 and combo["metrics"]["kl"] > 0
+    for r in (lora, combo):
+        c = r["cost"]
+        assert c["wall_s"] > 0 and c["peak_rss_mb"] > 200 and c["bytes_written"] > 1e8
+    assert lora["cost"]["tensors_changed"] == 8 and lora["cost"]["params_changed"] > 1e5
+    # the combination: the script's edit and the fine-tune in one checkpoint, both recorded
+    manifest = json.loads((out / "arms" / "scaled_then_ft" / "surgeon.json").read_text())
+    assert sorted(t["key"] for t in manifest["tensors"]) == ["layers.1.mlp.down", "layers.5.mlp.down"]
+    assert [s["kind"] for s in manifest["source"]["stages"]] == ["script", "finetune"]
+    assert manifest["source"]["stages"][0]["params"]["factor"] == 1.05
+    assert combo["cost"]["params_changed"] > 576 * 1536  # all of the scaled tensor, part of the fine-tuned one
+    assert "this arm is broken on purpose" in rows["broken"]["error"]
+
+    md = (out / "report.md").read_text()
+    table = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert len(table) == 1 + 4  # header + one row per arm
+    assert "failed: " in md and "Best efficacy: lora" in md
+    assert md.split("\n\n")[1] in res.output  # the CLI prints the table
+    png = (out / "report.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and len(png) > 10_000
+
+
+def test_report_reading_names_winners_and_losses():
+    def row(name, eff, gen, kl, spec, wall, changed=10):
+        return {"name": name, "spec": "", "error": None,
+                "metrics": {"efficacy": eff, "efficacy_p": eff, "generalisation": gen, "generalisation_p": gen,
+                            "specificity": spec, "kl": kl},
+                "cost": {"wall_s": wall, "params_changed": changed, "peak_rss_mb": 1, "bytes_written": 0, "notes": []}}
+
+    report = {"arms": [row("none", 0, 0, 0, 1, 0, changed=0), row("rome", 1, 1, 0.002, 1, 30),
+                       row("lora", 1, 0.5, 0.03, 0.8, 6)]}
+    text = cmp.reading(report)
+    assert "Best efficacy: rome, lora" in text
+    assert "Best generalisation (held-out prompts): rome (1.00" in text
+    assert "Least collateral damage on neutral text: rome (KL 0.0020); most: lora (KL 0.0300)" in text
+    assert "Changed the top-1 answer on specificity prompts: lora (0.80)" in text
+    assert "Cheapest: lora (6.0 s" in text
