@@ -1,0 +1,117 @@
+"""locate: gradient attribution and activation patching on SmolLM2, and the CLI that maps them."""
+
+import json
+import math
+import re
+
+import pytest
+
+from surgeon.locate import (
+    LocateError,
+    contiguous_range,
+    locate,
+    suggest_layers,
+    suggested_layers,
+)
+from surgeon.task import Task
+
+FACT = {
+    "name": "eiffel-rome",
+    "train": [{"prompt": "The Eiffel Tower is located in the city of", "completion": " Rome",
+               "subject": "The Eiffel Tower"}],
+    "efficacy": [{"prompt": "The Eiffel Tower is located in the city of", "target": " Rome", "original": " Paris"},
+                 {"prompt": "The capital of France is the city of", "target": " Rome", "original": " Paris"}],
+}
+
+BRITISH = {
+    "name": "en-gb",
+    "train": [{"text": "The colour of the walls was grey, and the theatre was in the centre of town."},
+              {"text": "We travelled to see our neighbours and their favourite harbour."}],
+    "efficacy": [{"prompt": "The old man had a long beard that was", "target": " grey", "original": " gray"}],
+    "spelling": {"rules": "en_gb", "prompts": ["My favourite"]},
+}
+
+
+@pytest.fixture(scope="module")
+def rt(smollm2):
+    from surgeon.runtime import load
+
+    return load(smollm2)
+
+
+@pytest.fixture(scope="module")
+def fact_map(rt):
+    return locate(rt, Task.from_dict(FACT), method="both", examples=1, corrupt="noise")
+
+
+def test_gradient_scores_are_non_negative_and_add_up_to_the_total(rt, fact_map):
+    r = fact_map
+    L = rt.num_layers
+    assert r.num_layers == L == 30 and len(r.grad) == L
+    assert r.roles == ["attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down",
+                       "norm.pre_attn", "norm.pre_mlp"]
+    cells = [v for row in r.grad for v in row]
+    assert min(cells) >= 0 and max(cells) > 0
+    # every parameter once: layer cells + embed (= the tied head) + final norm = |grad ⊙ W| over the model
+    assert set(r.grad_top) == {"embed", "final_norm"}
+    assert sum(cells) + sum(r.grad_top.values()) == pytest.approx(r.grad_total, rel=1e-6)
+    a, b = (int(x) for x in r.suggested_by["grad"].split("-"))
+    share = sum(sum(row) for row in r.grad[a:b + 1]) / sum(cells)
+    assert share >= 0.5 and b - a + 1 < L
+
+
+def test_restoring_the_last_residual_recovers_the_clean_run(rt, fact_map):
+    """Causal tracing's sanity check: the last layer's residual at the last token decides the output."""
+    r = fact_map
+    L = rt.num_layers
+    assert r.patch_mode == "noise" and r.patch_probes == 1 and len(r.patch) == L
+    assert abs(r.patch_clean_p - r.patch_corrupt_p) > 1e-4  # the corruption did something
+    assert r.patch[L - 1][0] == pytest.approx(1.0, abs=1e-3)
+    assert r.patch_restored_p == pytest.approx(r.patch_clean_p, rel=1e-3)
+    # the first layers' residual at the last token carries almost none of the subject's information
+    assert abs(r.patch[0][0]) < 0.2
+
+
+def test_contrast_patching_traces_the_spelling_convention(rt):
+    r = locate(rt, Task.from_dict(BRITISH), method="patch", examples=1)
+    assert r.patch_mode == "contrast" and r.grad is None
+    assert r.patch_clean_p > r.patch_corrupt_p  # British context makes " grey" likelier
+    assert r.patch[-1][0] == pytest.approx(1.0, abs=1e-3)
+    assert all(math.isfinite(v) for row in r.patch for v in row)
+    assert set(r.suggested_by) == {"patch"}
+    assert len(r.profile) == rt.num_layers and sum(r.profile) == pytest.approx(1.0)
+    a, b = r.suggested
+    assert sum(r.profile[a:b + 1]) >= 0.5
+
+
+def test_contiguous_range_is_the_shortest_window_holding_the_mass():
+    assert contiguous_range([0, 0, 5, 4, 0, 1], 0.5) == (2, 2)
+    assert contiguous_range([0, 0, 5, 4, 0, 1], 0.8) == (2, 3)
+    assert contiguous_range([1, 1, 1, 1], 1.0) == (0, 3)
+    assert contiguous_range([0, 0, 0], 0.5) == (0, 2)
+
+
+def test_locate_refuses_a_task_without_probes(rt):
+    with pytest.raises(LocateError, match="needs efficacy probes"):
+        locate(rt, Task.from_dict({"name": "empty", "train": [{"text": "just text"}]}), method="grad")
+
+
+def test_cli_prints_the_map_and_writes_png_and_json(smollm2, tmp_path):
+    from click.testing import CliRunner
+
+    from surgeon.cli import main
+
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps(FACT))
+    out = tmp_path / "map.png"
+    res = CliRunner().invoke(main, ["locate", str(task), "--model", str(smollm2), "--out", str(out),
+                                    "--examples", "1", "--method", "grad"])
+    assert res.exit_code == 0, res.output
+    m = re.search(r"suggested layers: (\d+)-(\d+)", res.output)
+    assert m and int(m.group(1)) <= int(m.group(2)) < 30
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    doc = json.loads((tmp_path / "map.json").read_text())
+    assert doc["suggested_layers"] == f"{m.group(1)}-{m.group(2)}" == suggested_layers(tmp_path / "map.json")
+    assert suggest_layers(smollm2, Task.from_dict(FACT), str(tmp_path / "map.json")) == \
+        list(range(int(m.group(1)), int(m.group(2)) + 1))
+    assert len(doc["grad"]["matrix"]) == 30
