@@ -327,7 +327,7 @@ def measure(src: Path, ways: list[str], reps: int, slow_reps: int, cold: bool, t
         "safetensors": [sys.executable, "-c", SAFETENSORS_WAY, str(src), str(out), shard, TENSOR, str(FACTOR)],
         "transformers": [sys.executable, "-c", TRANSFORMERS_WAY, str(src), str(out), str(LAYER), str(threads),
                          str(FACTOR)],
-        "python+torch import": [sys.executable, "-c", "import surgeon.cli"],
+        "python+torch import": [sys.executable, "-c", "import surgeon.cli, torch"],
         "surgeon save() alone": [sys.executable, "-c", SURGEON_SAVE_ONLY, str(src), str(out), str(script),
                                  str(work / "inner.json")],
     }
