@@ -52,6 +52,8 @@ def run_script(ck, script: str | Path, params: dict | None = None) -> dict:
         if not callable(fn):
             raise ScriptError(f"{script}: defines no function edit(ck, **params)")
         fn(ck, **params)
+    except ScriptError:
+        raise
     except SurgeonError as e:
         raise type(e)(f"{script}: {e}") from e
     except SystemExit as e:  # exit(0) inside a script must not look like a successful apply

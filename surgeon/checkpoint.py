@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,7 +86,9 @@ def open_checkpoint(path: str | os.PathLike, *, allow_external_links: bool = Fal
         for name, e in entries.items():
             if name not in wm:
                 raise CheckpointError(f"{root / e.file}: holds tensor {_brief(name)} that {INDEX} does not list")
-    return Checkpoint(root, config, shards, entries, index)
+    ck = Checkpoint(root, config, shards, entries, index)
+    ck.allow_external_links = allow_external_links  # save() then copies linked config/tokenizer files too
+    return ck
 
 
 def _read_index(root: Path) -> dict:
@@ -134,6 +137,7 @@ class Checkpoint:
 
     def __init__(self, root: Path, config: dict, shards: dict[str, ShardHeader], entries: dict[str, TensorEntry], index: dict | None):
         self.path = root
+        self.allow_external_links = False
         self.config = config  # edit freely: save() writes it if it changed
         self.original_config = json.loads(json.dumps(config))
         self.shards = shards
@@ -345,9 +349,7 @@ class Checkpoint:
         if not (self.staged or self.files or self.config != self.original_config):
             yield self.path
             return
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="surgeon-view-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="surgeon-view-", dir=_link_friendly_tmp(self.path)) as tmp:
             out = Path(tmp) / "ckpt"
             self.save(out, manifest=False, check_tokenizer=False)
             yield out
@@ -355,6 +357,19 @@ class Checkpoint:
     def __repr__(self):
         fam = self.architecture.name if self.architecture else "unknown"
         return f"<Checkpoint {self.path} {fam} {len(self.entries)} tensors, {len(self.staged)} staged>"
+
+
+def _link_friendly_tmp(src: Path) -> str | None:
+    """A temp parent on ``src``'s filesystem, so untouched shards hard-link instead of being
+    copied (into RAM, when /tmp is tmpfs): the system temp dir if it shares the filesystem,
+    else the input's parent if writable, else the system temp dir (copies, but still correct)."""
+    tmp = tempfile.gettempdir()
+    try:
+        if os.stat(tmp).st_dev == os.stat(src).st_dev:
+            return None
+    except OSError:
+        return None
+    return str(src.parent) if os.access(src.parent, os.W_OK) else None
 
 
 def _shares(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -143,16 +143,17 @@ def apply(script, model, out, params, dry_run, copy, overwrite, as_json, allow_e
 @click.option("--max-length", type=int, default=64, show_default=True, help="Tokens per example.")
 @click.option("--max-delta", type=float, default=None, help="full only: keep each weight within ± this (FT-L).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option("--copy", is_flag=True, help="Copy untouched shards instead of hard-linking them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def finetune(task, model, out, layers, roles, method, rank, alpha, steps, lr, seed, batch, max_length, max_delta,
-             overwrite, as_json):
+             overwrite, copy, as_json):
     """Fine-tune chosen layers × roles on TASK and save like an edit."""
     from .finetune import FinetuneConfig, finetune as run
 
     _threads()
     cfg = FinetuneConfig(method=method, layers=layers, roles=roles, rank=rank, alpha=alpha, steps=steps, lr=lr,
                          seed=seed, batch=batch, max_length=max_length, max_delta=max_delta)
-    r = run(model, task, cfg, out=out, overwrite=overwrite, progress=not as_json)
+    r = run(model, task, cfg, out=out, overwrite=overwrite, copy=copy, progress=not as_json)
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=1))
         return
@@ -277,8 +278,10 @@ def locate_cmd(task, model, png, method, examples, mass, corrupt, seed, as_json)
     from pathlib import Path
 
     from .locate import locate as run
+    from .save import check_outside
 
     _threads()
+    check_outside(model, png)  # the map and its .json never land inside the input
     r = run(model, task, method=method, examples=examples, mass=mass, corrupt=corrupt, seed=seed,
             progress=not as_json)
     png = r.save_png(png)

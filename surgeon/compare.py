@@ -227,6 +227,7 @@ def compare(task: Task | str | Path, model, arms: list[str | Arm], out_dir, *, k
     from . import measure
     from .checkpoint import open_checkpoint
     from .runtime import load
+    from .save import check_outside
 
     task = task if isinstance(task, Task) else Task.load(task)
     arms = [a if isinstance(a, Arm) else parse_arm(a) for a in arms]
@@ -236,6 +237,7 @@ def compare(task: Task | str | Path, model, arms: list[str | Arm], out_dir, *, k
     model = Path(model).absolute()
     open_checkpoint(model)  # fail early on a bad input
     out = Path(out_dir).absolute()
+    check_outside(model, out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise CompareError(f"{out}: already exists and is not empty (pass overwrite=True / --overwrite)")
     out.mkdir(parents=True, exist_ok=True)

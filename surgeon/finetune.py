@@ -34,8 +34,8 @@ the changed tensors into the Checkpoint, so the result goes through the same
 
 The update is trained in float32 and cast to the checkpoint's dtype on save;
 a LoRA update much smaller than a bf16 weight's rounding step partly
-vanishes there, so the result reports how much of the update's norm survived
-the cast (``update_kept``).
+vanishes there, so the result reports how much survived the cast
+(``update_kept`` = 1 − relative error of the saved update).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class FinetuneResult:
     tokens_per_s: float
     peak_rss_mb: float
     losses: list[float]
-    update_kept: float  # ‖saved update‖ / ‖trained update‖ after the cast to the stored dtype
+    update_kept: float  # 1 − ‖saved − trained update‖ / ‖trained update‖: 1 = the cast to the stored dtype lost nothing, ≤ 0 = all
     notes: list[str] = field(default_factory=list)
     manifest: dict | None = None
     ck: object = None
@@ -242,7 +242,8 @@ def _batches(rows, batch: int, steps: int, seed: int, pad: int):
 
 
 def finetune(ck_or_path, task: Task | str | Path, config: FinetuneConfig | None = None, *, out=None,
-             overwrite: bool = False, progress: bool = True, source: dict | None = None) -> FinetuneResult:
+             overwrite: bool = False, copy: bool = False, progress: bool = True,
+             source: dict | None = None) -> FinetuneResult:
     """Train ``config``'s layers × roles on ``task`` and stage the result into the checkpoint.
 
     With ``out`` the checkpoint is saved there (manifest included). The
@@ -367,6 +368,6 @@ def finetune(ck_or_path, task: Task | str | Path, config: FinetuneConfig | None 
     if out is not None:
         src = source or {"kind": "finetune", "task": task.name,
                          "task_path": str(task.path.absolute()) if task.path else None}
-        result.manifest = ck.save(out, overwrite=overwrite, source={**src, "finetune": result.to_dict()})
+        result.manifest = ck.save(out, copy=copy, overwrite=overwrite, source={**src, "finetune": result.to_dict()})
         result.wall_s = time.perf_counter() - t0
     return result

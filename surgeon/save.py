@@ -122,12 +122,17 @@ def save(ck, out_dir, *, copy: bool = False, overwrite: bool = False, source: di
 # ----------------------------------------------------------------- checks
 
 
-def _check_output(src: Path, out: Path, overwrite: bool) -> None:
-    real_out = Path(os.path.realpath(out))
+def check_outside(src: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Refuse an output (a checkpoint, a report, a plot) that is, is inside, or contains the input."""
+    src, real_out = Path(os.path.realpath(src)), Path(os.path.realpath(out))
     if real_out == src or src in real_out.parents:
         raise OutputError(f"{out}: output must not be the input checkpoint or inside it ({src})")
     if real_out in src.parents:
         raise OutputError(f"{out}: output must not contain the input checkpoint ({src})")
+
+
+def _check_output(src: Path, out: Path, overwrite: bool) -> None:
+    check_outside(src, out)
     if out.exists() and not overwrite:
         raise OutputError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
     if not out.parent.is_dir():
@@ -355,8 +360,8 @@ def _copy_other_files(ck, tmp: Path) -> None:
             continue
         if p.name == "config.json" and ck.config != ck.original_config:
             continue
-        if p.is_symlink() and ck.path not in p.resolve().parents:
-            continue  # never follow a link out of the checkpoint
+        if p.is_symlink() and ck.path not in p.resolve().parents and not ck.allow_external_links:
+            continue  # never follow a link out of the checkpoint unless the user said so
         shutil.copyfile(p, tmp / p.name)
     if ck.config != ck.original_config:
         (tmp / "config.json").write_text(json.dumps(ck.config, indent=2, ensure_ascii=False) + "\n")

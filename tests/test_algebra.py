@@ -179,6 +179,7 @@ def test_errors_name_the_tensor(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("script, params, changed", [
+    ("scale_layer.py", {"layer": 3, "factor": 1.01}, 1),
     ("transplant_layer.py", {"layer": 3}, 9),
     ("interpolate.py", {"t": 0.5, "layers": [3]}, 9),
     ("zero_heads.py", {"layer": 0, "heads": [0, 1]}, 1),

@@ -67,3 +67,57 @@ def test_reset_drops_staged_changes(smollm2):
     ck.config["vocab_size"] = 1
     ck.reset()
     assert ck.changed == [] and ck.config["vocab_size"] == 49152
+
+
+def test_hf_cache_snapshot_with_external_links_saves_a_loadable_copy(tmp_path, tiny):
+    """A Hugging Face cache snapshot: every file a symlink into ../../blobs. With
+    allow_external_links the output is complete (config and tokenizer followed, not skipped)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = tiny("llama")
+    blobs, snap = tmp_path / "blobs", tmp_path / "snapshots" / "abc123"
+    blobs.mkdir()
+    snap.mkdir(parents=True)
+    names = sorted(p.name for p in src.iterdir() if p.is_file())
+    for i, name in enumerate(names):
+        shutil.copyfile(src / name, blobs / f"blob{i}")
+        (snap / name).symlink_to(blobs / f"blob{i}")
+    with pytest.raises(surgeon.errors.CheckpointError, match="outside the checkpoint"):
+        surgeon.open(snap)
+    ck = surgeon.open(snap, allow_external_links=True)
+    ck["layers.0.mlp.down"] = ck["layers.0.mlp.down"] * 1.5
+    out = tmp_path / "out"
+    ck.save(out)
+    for name in names:
+        assert (out / name).is_file() and not (out / name).is_symlink(), name
+    assert (out / "config.json").read_bytes() == (src / "config.json").read_bytes()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    want = surgeon.open(src)["layers.0.mlp.down"] * 1.5
+    assert torch.allclose(model.model.layers[0].mlp.down_proj.weight.float(), want.to(model.dtype).float())
+    if any(n.startswith("tokenizer") for n in names):
+        AutoTokenizer.from_pretrained(out)
+    assert all((snap / n).is_symlink() for n in names)  # the snapshot is untouched
+
+
+def test_materialized_view_hard_links_even_when_tmp_is_another_filesystem(tmp_path, tiny, monkeypatch):
+    """With /tmp on tmpfs, a view of staged edits must not copy every shard into RAM."""
+    import os
+    import tempfile
+
+    from reshard import reshard
+
+    shm = "/dev/shm"
+    if not os.path.isdir(shm) or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem to stand in for a tmpfs /tmp")
+    monkeypatch.setattr(tempfile, "tempdir", shm)
+    src = reshard(tiny("llama"), tmp_path / "in" / "ckpt", 2)
+    ck = surgeon.open(src)
+    ck["layers.0.mlp.down"] = ck["layers.0.mlp.down"] * 2
+    touched = ck.entries["model.layers.0.mlp.down_proj.weight"].file
+    (other,) = [f for f in ck.shards if f != touched]
+    with ck.materialized() as view:
+        assert view.parent.parent == src.parent  # beside the input, on its filesystem
+        assert (view / other).stat().st_ino == (src / other).stat().st_ino
+    assert sorted(p.name for p in src.parent.iterdir()) == ["ckpt"]  # and cleaned up

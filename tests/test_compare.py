@@ -121,3 +121,24 @@ def test_report_reading_names_winners_and_losses():
     assert "Least collateral damage on neutral text: rome (KL 0.0020); most: lora (KL 0.0300)" in text
     assert "Changed the top-1 answer on specificity prompts: lora (0.80)" in text
     assert "Cheapest: lora (6.0 s" in text
+
+
+@pytest.mark.parametrize("cmd", ["compare", "locate"])
+def test_report_inside_the_input_checkpoint_is_refused(tiny, tmp_path, cmd):
+    """compare/locate write reports, never into the model they read."""
+    import hashlib
+    import shutil
+
+    from surgeon.cli import main
+
+    model = tmp_path / "ckpt"
+    shutil.copytree(tiny("llama"), model)
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in model.iterdir()}
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps(TASK))
+    out = model / ("report" if cmd == "compare" else "map.png")
+    args = [cmd, str(task), "--model", str(model), "--out", str(out)] + (["--arm", "none"] if cmd == "compare" else [])
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code != 0
+    assert "must not be the input checkpoint or inside it" in res.output, res.output
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in model.iterdir()} == before

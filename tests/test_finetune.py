@@ -132,3 +132,28 @@ def test_loss_covers_completion_tokens_only(smollm2):
     # a long prompt is cut from the left; the completion survives whole
     short = _encode(tok, task, max_length=5)[0]
     assert len(short[0]) == 5 and short[0][short[1]:] == tok(" Rome, Italy", add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_untouched_shards_are_linked_or_with_copy_copied(tiny, tmp_path, copy):
+    """A fine-tune saves through the same writer as an edit: shards it did not change are
+    hard links to the input (or independent copies with --copy), byte-identical either way."""
+    from reshard import reshard
+
+    from surgeon.cli import main
+
+    src = reshard(tiny("llama"), tmp_path / "in", 2)
+    task_file = tmp_path / "task.json"
+    task_file.write_text(json.dumps(TASK.to_dict()))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["finetune", str(task_file), "--model", str(src), "--out", str(out),
+                                    "--method", "full", "--layers", "0", "--roles", "mlp.down", "--steps", "1",
+                                    "--json"] + (["--copy"] if copy else []))
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "surgeon.json").read_text())
+    changed = {open_checkpoint(src).entries[t["name"]].file for t in manifest["tensors"]}
+    untouched = [p.name for p in src.glob("*.safetensors") if p.name not in changed]
+    assert len(changed) == 1 and len(untouched) == 1
+    for name in untouched:
+        assert (out / name).read_bytes() == (src / name).read_bytes()
+        assert (out / name).stat().st_nlink == (1 if copy else 2)

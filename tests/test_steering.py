@@ -253,3 +253,23 @@ def test_ablation_is_exact_through_post_norm_gains(tiny, family, tmp_path):
         assert before[layer]["ratio"] > 0.01
         assert after[layer]["ratio"] < 1e-5, (family, layer, after[layer])  # fp32 tiny checkpoint
         assert after_naive[layer]["ratio"] > 100 * after[layer]["ratio"]  # the norm's gain turns some back towards r
+
+
+@pytest.mark.parametrize("script, params, keys", [
+    ("steer_bake.py", {"alpha": 2.0}, {f"layers.{LAYER}.mlp.down.bias"}),
+    ("steer_ablate.py", {"layers": [8, 9]}, {"layers.8.attn.o", "layers.8.mlp.down", "layers.9.attn.o", "layers.9.mlp.down"}),
+])
+def test_example_scripts_bake_and_ablate_a_saved_vector(smollm2, happy, tmp_path, script, params, keys):
+    from pathlib import Path
+
+    from surgeon.apply import apply
+
+    vec = happy.save(tmp_path / "happy.safetensors")
+    plan = apply(Path(__file__).parent.parent / "examples" / script, smollm2, dry_run=True,
+                 params={"vector": str(vec), **params})
+    touched = {t["key"] for t in plan["tensors"]}
+    assert keys <= touched, touched
+    if script == "steer_ablate.py":
+        assert touched == keys
+    else:
+        assert plan["config_changes"].get("mlp_bias") == [False, True], plan["config_changes"]
