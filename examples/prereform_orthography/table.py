@@ -1,6 +1,6 @@
 """Print one table from compare report directories, with the spelling rate rescored per rule.
 
-    python table.py report [report_lora_0_6 ...]
+    python table.py report [another_report ...]
 
 The spelling rate is recomputed from the generations each report stores, by
 the task's rule set (``surgeon.spelling``), and split by rule; ``over`` counts

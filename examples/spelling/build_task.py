@@ -19,7 +19,14 @@ task = spelling_task(
     probes=40, seed=0,
     spelling_prompts=["The walls of the old theater were painted", "In the center of our town there is",
                       "My neighbor's favorite hobby is", "Last summer we traveled to", "The color of the sky",
-                      "She organized a party and", "Describe the behavior of", "He apologized because"],
+                      "She organized a party and", "Describe the behavior of", "He apologized because",
+                      # 16 more, so each arm's spelling rate counts tens of words, not a handful
+                      "My favorite color is", "The neighborhood where I grew up", "We analyzed the results and",
+                      "The gray clouds over the harbor", "At the theater downtown", "The labor party",
+                      "They canceled the trip because", "The jewelry in the catalog", "She realized that her",
+                      "The traveler checked into", "Our honors program", "The defense lawyer",
+                      "He memorized the", "The rumor about the", "In the fall, the leaves change color and",
+                      "The center of the city"],
     max_new_tokens=40,
     specificity=[{"prompt": p} for p in (
         "The capital of France is", "Water boils at a temperature of", "The largest planet in our solar system is",
