@@ -321,7 +321,9 @@ def _factor(delta: torch.Tensor, row: TensorExport, rounding: float, rank, tol):
     total2 = float(d.pow(2).sum())
     total = math.sqrt(total2)
     k = min(d.shape)
-    target = tol * total if tol is not None else None if rank is not None else 2 * rounding
+    # the default rule: the rank where what is left is at the storage rounding — with a floor, since an
+    # edit stored exactly (zeroed heads) has rounding 0 and only an exactly-zero tail would match it
+    target = tol * total if tol is not None else None if rank is not None else max(2 * rounding, 1e-6 * total)
     q = min(k, max(8, rank or 0))
     # float32 sketches resolve tails down to ~3e-4 of ‖ΔW‖, enough for bf16/fp16 rounding or a tolerance;
     # an fp32-stored edit's rounding floor (~1e-7) needs float64

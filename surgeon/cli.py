@@ -20,7 +20,9 @@ from .errors import SurgeonError
 class _Group(click.Group):
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            out = super().invoke(ctx)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit
+            return out
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except SurgeonError as e:
@@ -31,6 +33,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("surgeon: interrupted; nothing was written", err=True)
             ctx.exit(130)
+        except BrokenPipeError:  # `surgeon diff ... | head`: the reader left; not an error to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(141)
         except Exception as e:  # noqa: BLE001 - the one place that turns surprises into one line
             if _debug(ctx):
                 raise
@@ -201,7 +206,8 @@ def compare(task, model, arms, out, keep_checkpoints, overwrite, timeout):
 @click.option("--plot", "plot_path", type=click.Path(), help="Write a layers × roles heatmap (PNG) here.")
 @click.option("--no-rank", is_flag=True, help="Skip the SVDs (effective rank); faster on big dense changes.")
 @click.option("--allow-external-links", is_flag=True, help="Accept shards that link outside the directories.")
-def diff_cmd(a, b, as_json, all_tensors, plot_path, no_rank, allow_external_links):
+@click.option("--unrelated", is_flag=True, help="Diff checkpoints of different families or tensor sets anyway.")
+def diff_cmd(a, b, as_json, all_tensors, plot_path, no_rank, allow_external_links, unrelated):
     """Tensor by tensor: ‖ΔW‖, relative change, effective rank, rows added (A -> B)."""
     from .checkpoint import open_checkpoint
     from .diff import config_changes, diff, format_table, plot
@@ -209,7 +215,7 @@ def diff_cmd(a, b, as_json, all_tensors, plot_path, no_rank, allow_external_link
     _threads()
     ca = open_checkpoint(a, allow_external_links=allow_external_links)
     cb = open_checkpoint(b, allow_external_links=allow_external_links)
-    records = diff(ca, cb, rank=not no_rank, progress=sys.stderr.isatty())
+    records = diff(ca, cb, rank=not no_rank, progress=sys.stderr.isatty(), unrelated=unrelated)
     changes = config_changes(ca, cb)
     if as_json:
         click.echo(json.dumps({"a": str(ca.path), "b": str(cb.path), "config_changes": changes,
@@ -255,6 +261,11 @@ def export_adapter_cmd(edited, base, out, rank, tol, allow_skip, overwrite, as_j
     noop = sum(t.kind == "noop" for t in rep.tensors)
     if noop:
         click.echo(f"  ({noop} zero biases added for a config flag: nothing to carry)")
+    lossy = [t.residual for t in rep.tensors if t.kind == "lora" and (t.residual or 0) > 0.05]
+    if lossy:
+        click.echo(f"  note: {len(lossy)} tensor(s) leave more than 5% of ΔW out (up to {max(lossy):.0%}): the adapter "
+                   f"approximates the edit. Where ΔW is mostly bf16 rounding (a merged fine-tune) the rest is noise; "
+                   f"--tol or --rank trade size for fidelity")
 
 
 # ---------------------------------------------------------------------- locate
@@ -282,6 +293,8 @@ def locate_cmd(task, model, png, method, examples, mass, corrupt, seed, as_json)
 
     _threads()
     check_outside(model, png)  # the map and its .json never land inside the input
+    if Path(png).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise click.BadParameter(f"{png}: the heatmap is written as .png, .pdf or .svg", param_hint="--out")
     r = run(model, task, method=method, examples=examples, mass=mass, corrupt=corrupt, seed=seed,
             progress=not as_json)
     png = r.save_png(png)

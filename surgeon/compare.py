@@ -146,6 +146,22 @@ def expand_arm(arm: Arm, *, task: Task, model) -> Arm:
     return Arm(arm.name, arm.spec, stages)
 
 
+def _check_finetunes(arms: list[Arm], ck, task: Task) -> None:
+    from .finetune import FinetuneConfig, check
+
+    for a in arms:
+        for st in a.stages:
+            if st.kind not in ("lora", "full"):
+                continue
+            if not task.train:
+                raise CompareError(f"arm {a.name}: task {task.name} has no training examples to fine-tune on")
+            p = {k: v for k, v in st.params.items() if k in FINETUNE_KEYS}
+            try:
+                check(ck, FinetuneConfig(method=st.kind, **p))
+            except (SurgeonError, TypeError, ValueError) as e:
+                raise CompareError(f"arm {a.name}: {e}") from None
+
+
 def _takes_task(script: Path) -> bool:
     """Does the script's ``edit`` accept a ``task`` parameter? (read with ast, not run)"""
     try:
@@ -235,21 +251,25 @@ def compare(task: Task | str | Path, model, arms: list[str | Arm], out_dir, *, k
     if len(set(names)) != len(names):
         raise CompareError(f"arm names must be unique: {', '.join(names)}")
     model = Path(model).absolute()
-    open_checkpoint(model)  # fail early on a bad input
+    ck0 = open_checkpoint(model)  # fail early on a bad input
     out = Path(out_dir).absolute()
     check_outside(model, out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise CompareError(f"{out}: already exists and is not empty (pass overwrite=True / --overwrite)")
-    out.mkdir(parents=True, exist_ok=True)
-    work = out / "arms"
-    work.mkdir(exist_ok=True)
-    task_file = out / "task.json"
-    task_file.write_text(json.dumps(task.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    if not (task.efficacy or task.generalisation or task.specificity or task.neutral or task.spelling):
+        raise CompareError(f"task {task.name}: nothing to measure (no efficacy, generalisation or specificity "
+                           f"probes, neutral text or spelling section)")
     for a in arms:
         for st in a.stages:
             if st.kind == "edit" and not Path(st.script).is_file():
                 raise CompareError(f"arm {a.name}: edit script {st.script} not found")
     arms = [expand_arm(a, task=task, model=model) for a in arms]
+    _check_finetunes(arms, ck0, task)  # every arm's layers × roles and numbers, before any arm runs
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "arms"
+    work.mkdir(exist_ok=True)
+    task_file = out / "task.json"
+    task_file.write_text(json.dumps(task.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
     def say(msg):
         if progress:
@@ -449,7 +469,8 @@ def plot(report: dict, path) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("share of prompts")
     ax.set_title("does it work, does it spread", pad=24)
-    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(shares), frameon=False)
+    if shares:
+        ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(shares), frameon=False)
     kls = [r["metrics"].get("kl") or 0.0 for r in ok]
     axes[1].bar(names, kls, color="tab:red")
     axes[1].set_title("KL(original ‖ arm), neutral text")

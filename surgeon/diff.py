@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import SurgeonError
+
 # Singular values below this fraction of the largest do not count.
 RANK_TOL = 1e-2
 # ... nor those below this many rounding floors. Measured on SmolLM2 bf16 weights (mlp.down, attn.q/k,
@@ -140,22 +142,35 @@ class TensorDiff:
     relative: float | None = None
     rank: int | None = None  # effective rank of ΔW (None: not a matrix change, or skipped)
     rows_added: int = 0
-    only_in: str | None = None  # "a" or "b" for a tensor one side lacks
+    added_norm: float | None = None  # ‖rows B has beyond A‖ (new tokens), not part of ‖ΔW‖
+    only_in: str | None = None  # "a" or "b" for a tensor one side lacks; ``norm`` is then that side's
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def diff(a, b, *, rank: bool = True, progress: bool = False) -> list[TensorDiff]:
+class DiffError(SurgeonError):
+    """Two checkpoints that are not versions of one model."""
+
+
+def diff(a, b, *, rank: bool = True, progress: bool = False, unrelated: bool = False) -> list[TensorDiff]:
     """Compare checkpoints ``a`` and ``b`` (Checkpoints with their staged changes, or paths).
 
     Streams: one tensor pair in memory at a time. Tensors are matched by
     on-disk name; records are sorted embed → layers (role order) → head.
     ``rank=False`` skips the SVDs (the slow part for big changed matrices).
+    Two checkpoints of different families, or sharing under half their
+    tensors, are refused unless ``unrelated`` (a diff of them says nothing).
     """
     a, b = _open(a), _open(b)
     names_a, names_b = _names(a), _names(b)
     in_a, in_b = set(names_a), set(names_b)
+    if not unrelated:
+        ta, tb = a.config.get("model_type"), b.config.get("model_type")
+        shared = len(in_a & in_b) / max(1, min(len(in_a), len(in_b)))
+        if ta != tb or shared < 0.5:
+            raise DiffError(f"{b.path}: not a version of {a.path} ({ta} with {len(in_a)} tensors vs {tb} with "
+                            f"{len(in_b)}, {shared:.0%} of names shared); pass unrelated=True / --unrelated to diff anyway")
     names = names_a + [n for n in names_b if n not in in_a]
     it = names
     if progress:
@@ -189,6 +204,8 @@ def diff(a, b, *, rank: bool = True, progress: bool = False) -> list[TensorDiff]
             st = delta_stats(ta, tb, dtype=tb.dtype, rank=rank)
             rec.norm, rec.delta_norm, rec.relative = st["norm"], st["delta_norm"], st["relative"]
             rec.rank, rec.rows_added = st["rank"], st["rows_added"] or 0
+            if rec.rows_added and ta.dim() == tb.dim() and tb.shape[0] > ta.shape[0]:
+                rec.added_norm = float(tb[ta.shape[0]:].float().norm())
         out.append(rec)
         del ta, tb
     out.sort(key=_order)
@@ -277,9 +294,9 @@ def format_table(records: list[TensorDiff], *, all_tensors: bool = False) -> str
         rank = str(r.rank) if r.rank is not None else "-"
         notes = []
         if r.only_in:
-            notes.append(f"only in {r.only_in.upper()}")
+            notes.append(f"only in {r.only_in.upper()}" + (f", ‖{r.only_in.upper()}‖ {r.norm:.4g}" if r.norm is not None else ""))
         if r.rows_added:
-            notes.append(f"+{r.rows_added} rows")
+            notes.append(f"+{r.rows_added} rows" + (f" of norm {r.added_norm:.4g}" if r.added_norm is not None else ""))
         if r.dtype_a and r.dtype_b and r.dtype_a != r.dtype_b:
             notes.append(f"dtype {r.dtype_a} -> {r.dtype_b}")
         if r.shape_a and r.shape_b and r.shape_a != r.shape_b and not r.rows_added:

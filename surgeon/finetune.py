@@ -85,6 +85,12 @@ class FinetuneConfig:
             raise FinetuneError(f"method {self.method!r}: choose lora or full")
         if self.steps < 1 or self.batch < 1 or self.rank < 1:
             raise FinetuneError("steps, batch and rank must be at least 1")
+        if self.lr is not None and not self.lr > 0:
+            raise FinetuneError(f"lr {self.lr}: must be positive")
+        if self.alpha is not None and not self.alpha > 0:
+            raise FinetuneError(f"alpha {self.alpha}: must be positive (alpha 0 trains an update that is never applied)")
+        if self.max_length < 2:
+            raise FinetuneError(f"max_length {self.max_length}: an example needs at least 2 tokens")
         if self.max_delta is not None and (self.method != "full" or self.max_delta <= 0):
             raise FinetuneError("max_delta is a positive bound for method=full (FT-L)")
         return FinetuneConfig(
@@ -119,6 +125,13 @@ class FinetuneResult:
 
 
 # ----------------------------------------------------------------- what to train
+
+
+def check(ck, config: FinetuneConfig) -> list[str]:
+    """Validate ``config`` against ``ck`` without training; returns the role keys it would train.
+    (compare calls this for every arm before it spends minutes on the first one.)"""
+    cfg = config.resolved(ck.num_layers)
+    return target_keys(ck, cfg.layers, cfg.roles)
 
 
 def parse_layers(spec, num_layers: int) -> list[int]:
@@ -194,11 +207,11 @@ def target_keys(ck, layers: list[int], roles: list[str]) -> list[str]:
 # ----------------------------------------------------------------- data
 
 
-def _encode(tok, task: Task, max_length: int) -> list[tuple[list[int], int]]:
-    """(token ids, index of the first label token) per training example."""
+def _encode(tok, task: Task, max_length: int, notes: list[str] | None = None) -> list[tuple[list[int], int]]:
+    """(token ids, index of the first label token) per training example; a note when any was cut."""
     if not task.train:
         raise FinetuneError(f"task {task.name}: no training examples")
-    rows = []
+    rows, cut_n = [], 0
     for e in task.train:
         if e.prompt:
             p = tok(e.prompt)["input_ids"]
@@ -209,11 +222,17 @@ def _encode(tok, task: Task, max_length: int) -> list[tuple[list[int], int]]:
             if len(ids) > max_length:  # keep the completion, drop the prompt's beginning
                 cut = min(len(ids) - max_length, len(p) - 1)
                 ids, start = ids[cut:], start - cut
+                cut_n += 1
         else:
-            ids, start = tok(e.completion)["input_ids"][:max_length], 1
+            ids, start = tok(e.completion)["input_ids"], 1
+            if len(ids) > max_length:
+                ids, cut_n = ids[:max_length], cut_n + 1
         if len(ids) < 2:
             raise FinetuneError(f"task {task.name}: example {e.text[:40]!r} is shorter than two tokens")
         rows.append((ids, max(start, 1)))
+    if cut_n and notes is not None:
+        notes.append(f"{cut_n} of {len(rows)} training examples were longer than max_length {max_length} "
+                     f"and were cut (prompts lose their beginning, texts their end)")
     return rows
 
 
@@ -267,7 +286,7 @@ def finetune(ck_or_path, task: Task | str | Path, config: FinetuneConfig | None 
     torch.manual_seed(cfg.seed)
     rt = load(ck)
     tok = rt.tokenizer
-    rows = _encode(tok, task, cfg.max_length)
+    rows = _encode(tok, task, cfg.max_length, notes)
     model = rt.model
     modules = {k: rt.module(k) for k in keys}
     names = {id(m): n for n, m in model.named_modules()}

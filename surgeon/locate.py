@@ -212,6 +212,8 @@ def locate(ck_or_path, task: Task | str | Path, *, method: str = "both", example
         raise LocateError(f"method {method!r}: choose grad, patch or both")
     if not 0 < mass <= 1:
         raise LocateError(f"mass {mass}: must be in (0, 1]")
+    if examples < 1 or samples < 1:
+        raise LocateError(f"examples {examples}, samples {samples}: each must be at least 1")
     if not isinstance(task, Task):
         task = Task.load(task)
     t0 = time.perf_counter()
@@ -456,7 +458,7 @@ def _patching(rt, task, n, res, corrupt, noise, seed, margin, position, samples,
     points = [(f"layers.{i}", i, 0) for i in range(L)] + [(f"layers.{i}.attn", i, 1) for i in range(L)] \
         + [(f"layers.{i}.mlp", i, 2) for i in range(L)]
     sums = [[0.0] * 3 for _ in range(L)]
-    used, p_clean, p_corrupt, p_restored = 0, 0.0, 0.0, 0.0
+    used, short, p_clean, p_corrupt, p_restored = 0, 0, 0.0, 0.0, 0.0
     gen = torch.Generator().manual_seed(seed)
     it = probes
     if progress:
@@ -481,6 +483,9 @@ def _patching(rt, task, n, res, corrupt, noise, seed, margin, position, samples,
         else:
             clean_ids = bad_ids = _ids(rt, pr.prompt) + shared
             pos = _noise_positions(rt, pr, len(clean_ids))
+            if not pos:  # a one-token prompt: nothing before the last token to corrupt
+                short += 1
+                continue
             bad_patch = _noise_patch(rt, clean_ids, pos, noise, gen)
             at = pos[-1] if position == "subject" else -1
         with rt.capture([p for p, _, _ in points]) as clean_acts:
@@ -500,8 +505,9 @@ def _patching(rt, task, n, res, corrupt, noise, seed, margin, position, samples,
             if point == f"layers.{L - 1}":
                 p_restored += math.exp(float(lp[tok]))
     if not used:
+        why = f"; {short} probe(s) skipped: a one-token prompt has nothing to corrupt" if short else ""
         raise LocateError(f"task {task.name}: no probe shows a clean-vs-corrupted difference above {margin} nats "
-                          f"({corrupt} corruption); nothing to trace")
+                          f"({corrupt} corruption{why}); nothing to trace")
     res.patch = [[v / used for v in row] for row in sums]
     res.patch_mode, res.patch_probes = corrupt + ("" if position == "last" else ", subject token"), used
     res.patch_clean_p, res.patch_corrupt_p, res.patch_restored_p = p_clean / used, p_corrupt / used, p_restored / used
@@ -527,7 +533,7 @@ def _noise_patch(rt, ids, positions, scale, gen):
     emb = acts["embed"]
     std = float(emb[0].float().std())
     eps = torch.randn((len(positions), emb.shape[-1]), generator=gen) * scale * std
-    idx = torch.tensor(positions)
+    idx = torch.tensor(positions, dtype=torch.long)
 
     def fn(x):
         x = x.clone()

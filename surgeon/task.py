@@ -100,8 +100,8 @@ class Task:
         if unknown:
             raise TaskError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
         spelling = doc.get("spelling")
-        if spelling is not None and not (isinstance(spelling, dict) and isinstance(spelling.get("rules"), str)):
-            raise TaskError(f"{where}: spelling must be an object with a \"rules\" name")
+        if spelling is not None:
+            _spelling(spelling, where)
         edit = doc.get("edit", {})
         if not isinstance(edit, dict):
             raise TaskError(f"{where}: edit must be an object")
@@ -147,12 +147,40 @@ def _list(doc, key, where):
     return v
 
 
+def _keys(x: dict, allowed: set, where: str) -> None:
+    """A misspelt key would silently change what is measured ("orignal", "subjet"): refuse it."""
+    unknown = set(x) - allowed
+    if unknown:
+        raise TaskError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                        f"expected {', '.join(sorted(allowed))}")
+
+
+def _spelling(v, where) -> None:
+    if not (isinstance(v, dict) and isinstance(v.get("rules"), str)):
+        raise TaskError(f"{where}: spelling must be an object with a \"rules\" name")
+    _keys(v, {"rules", "prompts", "max_new_tokens"}, f"{where}: spelling")
+    from . import spelling
+
+    try:
+        spelling.get(v["rules"])
+    except SurgeonError as e:
+        raise TaskError(f"{where}: spelling: {e}") from None
+    prompts = v.get("prompts", [])
+    if not (isinstance(prompts, list) and all(isinstance(t, str) and t for t in prompts)):
+        raise TaskError(f"{where}: spelling: prompts must be a list of non-empty strings")
+    n = v.get("max_new_tokens", 40)
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+        raise TaskError(f"{where}: spelling: max_new_tokens must be a positive integer, got {n!r}")
+
+
 def _example(x, where) -> Example:
     if isinstance(x, str):
         return Example("", x)
     if isinstance(x, dict) and "text" in x:
+        _keys(x, {"text"}, where)
         return Example("", str(x["text"]))
     if isinstance(x, dict) and "prompt" in x and "completion" in x:
+        _keys(x, {"prompt", "completion", "subject"}, where)
         subject = x.get("subject")
         if subject is not None and str(subject) not in str(x["prompt"]):
             raise TaskError(f"{where}: subject {subject!r} does not occur in the prompt")
@@ -165,6 +193,7 @@ def _probe(x, where, needs_target: bool = False) -> Probe:
         x = {"prompt": x}
     if not (isinstance(x, dict) and isinstance(x.get("prompt"), str)):
         raise TaskError(f"{where}: needs a prompt")
+    _keys(x, {"prompt", "target", "original"}, where)
     for k in ("target", "original"):
         if x.get(k) is not None and not (isinstance(x[k], str) and x[k]):
             raise TaskError(f"{where}: {k} must be a non-empty string")
@@ -179,11 +208,15 @@ def _neutral(v, where) -> list[str]:
             raise TaskError(f"{where}: neutral must be a list of strings")
         return v
     if isinstance(v, dict) and "corpus" in v:
+        _keys(v, {"corpus", "texts", "from"}, f"{where}: neutral")
         if v.get("from", "start") not in ("start", "end"):
             raise TaskError(f"{where}: neutral: \"from\" must be \"start\" or \"end\"")
+        n = v.get("texts", 16)
+        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+            raise TaskError(f"{where}: neutral: texts must be a positive integer, got {n!r}")
         try:
-            return neutral_texts(str(v["corpus"]), int(v.get("texts", 16)), from_end=v.get("from") == "end")
-        except (TaskError, ValueError) as e:
+            return neutral_texts(str(v["corpus"]), n, from_end=v.get("from") == "end")
+        except TaskError as e:
             raise TaskError(f"{where}: neutral: {e}") from None
     raise TaskError(f"{where}: neutral must be a list of texts or {{\"corpus\": NAME, \"texts\": N}}")
 
@@ -198,4 +231,6 @@ def neutral_texts(corpus: str, n: int, *, from_end: bool = False) -> list[str]:
     if not f.is_file():
         raise TaskError(f"no corpus {corpus!r} in surgeon/data")
     paras = [p.strip() for p in f.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    if not 1 <= n <= len(paras):
+        raise TaskError(f"corpus {corpus!r} has {len(paras)} paragraphs; asked for {n}")
     return paras[-n:] if from_end else paras[:n]

@@ -222,3 +222,18 @@ def test_cli_export_adapter(tiny, tmp_path):
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file() and (tmp_path / "a" / "adapter_config.json").is_file()
     res = CliRunner().invoke(main, ["export-adapter", str(tmp_path / "edited"), "--base", str(src), "--out", str(tmp_path / "a")])
     assert res.exit_code == 2 and "already exists" in res.output
+
+
+def test_exactly_stored_low_rank_edit_exports_at_its_rank(tiny, tmp_path):
+    """Zeroing heads stores exact zeros (no rounding): the default rank must still be the edit's own
+    rank (heads × head_dim), not the full rank with twice the tensor's parameters."""
+    from surgeon.edits import zero_heads
+
+    src = tiny("llama")
+    ck = surgeon.open(src)
+    head_dim = ck.config["hidden_size"] // ck.config["num_attention_heads"]
+    zero_heads(ck, 0, [1])
+    ck.save(tmp_path / "edited")
+    rep = export_adapter(tmp_path / "edited", src, tmp_path / "adapter")
+    (row,) = rep.tensors
+    assert row.rank == head_dim and row.residual < 1e-5, (row.rank, row.residual)

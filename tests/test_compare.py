@@ -142,3 +142,21 @@ def test_report_inside_the_input_checkpoint_is_refused(tiny, tmp_path, cmd):
     assert res.exit_code != 0
     assert "must not be the input checkpoint or inside it" in res.output, res.output
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in model.iterdir()} == before
+
+
+@pytest.mark.parametrize("change, arm, message", [
+    ({}, "x=lora layers=99", "arm x: layers '99': layer 99 does not exist"),
+    ({}, "x=full roles=nonsense", "arm x: role 'nonsense': not a role of llama"),
+    ({}, "x=lora lr=-1", "arm x: lr -1"),
+    ({"efficacy": [], "generalisation": [], "specificity": [], "neutral": []}, "x=lora steps=1", "nothing to measure"),
+])
+def test_bad_arms_and_empty_tasks_are_refused_before_anything_runs(tiny, tmp_path, change, arm, message):
+    from surgeon.cli import main
+
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps({**TASK, **change}))
+    out = tmp_path / "report"
+    res = CliRunner().invoke(main, ["compare", str(task), "--model", str(tiny("llama")), "--out", str(out),
+                                    "--arm", "none", "--arm", arm])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert not out.exists()

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import surgeon
 from surgeon.cli import main
-from surgeon.diff import delta_stats, diff, effective_rank, rounding_floor
+from surgeon.diff import delta_stats, diff, effective_rank, format_table, rounding_floor
 from surgeon.edits.algebra import scale
 from surgeon.edits.tokens import add_tokens
 
@@ -70,6 +70,9 @@ def test_diff_shows_rank_one_scale_and_rows_added(smollm2, tmp_path):
     e = by_key["embed"]
     assert e.rows_added == len(report.added) == 2 and e.delta_norm == 0 and e.rank == 0
     assert e.shape_a == [49152, 576] and e.shape_b == [49154, 576]
+    new_rows = surgeon.open(tmp_path / "out")["embed"][49152:]
+    assert e.added_norm == pytest.approx(float(new_rows.norm()), rel=1e-5) and e.added_norm > 0
+    assert f"+2 rows of norm {e.added_norm:.4g}" in format_table(records)
     assert len(records) == 272 and not any(r.only_in for r in records)
     assert [r.layer for r in records if r.layer is not None] == sorted(r.layer for r in records if r.layer is not None)
     assert records[0].key == "embed"
@@ -79,7 +82,7 @@ def test_diff_of_staged_checkpoint_and_one_sided_tensors(tiny):
     a = surgeon.open(tiny("gpt2"))
     b = surgeon.open(tiny("gpt2"))
     scale(b, "attn.q", 2.0, layers=[1])  # a part of the fused, transposed c_attn
-    b.add("layers.0.attn.o.bias_extra", torch.zeros(64))
+    b.add("layers.0.attn.o.bias_extra", torch.full((64,), 0.5))
     records = diff(a, b)  # staged values count, nothing saved
     changed = {r.key or r.name: r for r in records if r.changed}
     assert set(changed) == {"layers.1.attn.qkv", "layers.0.attn.o.bias_extra"}
@@ -87,7 +90,9 @@ def test_diff_of_staged_checkpoint_and_one_sided_tensors(tiny):
     assert qkv.shape_a == [192, 64]  # shown (out, in) although Conv1D stores (in, out)
     q = a["layers.1.attn.q"]
     assert qkv.relative == pytest.approx(float(q.norm() / a["layers.1.attn.qkv"].norm()), rel=1e-5)
-    assert changed["layers.0.attn.o.bias_extra"].only_in == "b"
+    extra = changed["layers.0.attn.o.bias_extra"]
+    assert extra.only_in == "b" and extra.norm == pytest.approx(4.0)  # 0.5 × √64: a new tensor's size is shown
+    assert "only in B, ‖B‖ 4" in format_table(records)
 
 
 def test_cli_diff_table_json_and_plot(smollm2, tmp_path):
@@ -112,3 +117,12 @@ def test_cli_diff_table_json_and_plot(smollm2, tmp_path):
     assert len(res.output.splitlines()) == 2 + 272
     res = runner.invoke(main, ["diff", str(smollm2), str(tmp_path / "missing")])
     assert res.exit_code == 2 and "missing" in res.output
+
+
+def test_checkpoints_of_different_families_are_refused_unless_asked(tiny):
+    from surgeon.diff import DiffError
+
+    with pytest.raises(DiffError, match=r"not a version of .*\(llama with 21 tensors vs gemma3_text with 28.*--unrelated"):
+        diff(tiny("llama"), tiny("gemma3_text"))
+    records = diff(tiny("llama"), tiny("gemma3_text"), unrelated=True, rank=False)
+    assert any(r.only_in == "b" for r in records) and any(r.changed for r in records)

@@ -157,3 +157,30 @@ def test_untouched_shards_are_linked_or_with_copy_copied(tiny, tmp_path, copy):
     for name in untouched:
         assert (out / name).read_bytes() == (src / name).read_bytes()
         assert (out / name).stat().st_nlink == (1 if copy else 2)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "-1"], "lr -1.0: must be positive"),
+    (["--alpha", "0"], "alpha 0.0: must be positive"),
+    (["--max-length", "1"], "max_length 1: an example needs at least 2 tokens"),
+    (["--layers", "99"], "layer 99 does not exist"),
+    (["--roles", "nonsense"], "role 'nonsense': not a role of llama"),
+])
+def test_cli_refuses_bad_settings_in_one_line_before_training(tiny, tmp_path, args, message):
+    from surgeon.cli import main
+
+    task_file = tmp_path / "task.json"
+    task_file.write_text(json.dumps(TASK.to_dict()))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["finetune", str(task_file), "--model", str(tiny("llama")), "--out", str(out)] + args)
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert "internal error" not in res.output and not out.exists()
+
+
+def test_examples_cut_to_max_length_are_noted(tiny):
+    r = finetune(tiny("llama"), TASK, FinetuneConfig(method="full", layers="0", roles="mlp.down", steps=1, max_length=8),
+                 progress=False)
+    assert any("were longer than max_length 8 and were cut" in n for n in r.notes), r.notes
+    r = finetune(tiny("llama"), TASK, FinetuneConfig(method="full", layers="0", roles="mlp.down", steps=1),
+                 progress=False)
+    assert not any("max_length" in n for n in r.notes), r.notes

@@ -38,3 +38,16 @@ def test_inspect_text_shows_the_layer_table(smollm2):
     assert "tied embeddings yes" in res.output
     row = next(line for line in res.output.splitlines() if line.strip().startswith("0-29"))
     assert "576×1536" in row and "192×576" in row
+
+
+def test_output_piped_into_a_reader_that_leaves_early_is_not_an_error(tiny):
+    """`surgeon inspect --json CKPT | head -c 100`: no 'internal error' when the pipe closes."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "surgeon.cli", "inspect", "--json", str(tiny("llama"))],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before the first write: every write hits EPIPE
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141, err
+    assert err == "", err

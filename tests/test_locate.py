@@ -115,3 +115,25 @@ def test_cli_prints_the_map_and_writes_png_and_json(smollm2, tmp_path):
     assert suggest_layers(smollm2, Task.from_dict(FACT), str(tmp_path / "map.json")) == \
         list(range(int(m.group(1)), int(m.group(2)) + 1))
     assert len(doc["grad"]["matrix"]) == 30
+
+
+def test_one_token_prompts_are_skipped_by_noise_patching_with_a_reason(rt):
+    """Noise corrupts the tokens before the last; a one-token prompt has none (it crashed once)."""
+    hi = Task.from_dict({"name": "hi", "train": [{"prompt": "Hi", "completion": " there"}],
+                         "efficacy": [{"prompt": "Hi", "target": " there"}]})
+    with pytest.raises(LocateError, match="1 probe.*one-token prompt has nothing to corrupt"):
+        locate(rt, hi, method="patch", corrupt="noise", examples=1)
+    with pytest.raises(LocateError, match="examples 0"):
+        locate(rt, hi, method="grad", examples=0)
+
+
+def test_cli_refuses_a_heatmap_format_it_cannot_write_before_any_work(smollm2, tmp_path):
+    from click.testing import CliRunner
+
+    from surgeon.cli import main
+
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps(FACT))
+    res = CliRunner().invoke(main, ["locate", str(task), "--model", str(smollm2), "--out", str(tmp_path / "map.txt")])
+    assert res.exit_code == 2 and "written as .png, .pdf or .svg" in res.output, res.output
+    assert list(tmp_path.iterdir()) == [task]

@@ -96,8 +96,14 @@ def test_bake_refuses_a_family_that_cannot_carry_the_bias(tiny):
     with pytest.raises(EditError, match=r"layers\.1\.mlp\.down\.bias: mistral .* no config flag"):
         bake_additive(ck, torch.ones(64), layer=1, site="mlp.down")
     ck = surgeon.open(tiny("gemma2"))
-    with pytest.raises(EditError, match="norm.post_mlp"):
+    with pytest.raises(EditError, match="norm.post_mlp") as e:
         bake_additive(ck, torch.ones(64), layer=1)  # residual site: not expressible behind a post-norm
+    # the hint names only sites this family can carry, and following it works
+    ck3 = surgeon.open(tiny("gemma3_text"))
+    with pytest.raises(EditError, match=r"bake site='attn\.o' and try it") as e:
+        bake_additive(ck3, torch.ones(64), layer=1)
+    assert "mlp.down' or" not in str(e.value)
+    assert bake_additive(ck3, torch.ones(64), layer=1, site="attn.o")["key"] == "layers.1.attn.o.bias"
 
 
 def test_bake_adds_to_an_existing_bias_without_flags(tiny):

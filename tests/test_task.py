@@ -59,6 +59,16 @@ def test_to_dict_round_trips(tmp_path):
     ({"neutral": {"corpus": "neutral_en", "from": "middle"}}, "\"from\" must be \"start\" or \"end\""),
     ({"spelling": {"prompts": []}}, "spelling must be an object with a \"rules\" name"),
     ({"train": {"prompt": "x"}}, "train must be a list"),
+    # a misspelt key or value would silently change what is measured
+    ({"train": [{"prompt": "A is in", "completion": " B", "subjet": "A"}]}, "train[0]: unknown key(s) subjet"),
+    ({"train": [{"text": "t", "weight": 2}]}, "train[0]: unknown key(s) weight"),
+    ({"efficacy": [{"prompt": "x", "target": " y", "orignal": " z"}]}, "efficacy[0]: unknown key(s) orignal"),
+    ({"neutral": {"corpus": "neutral_en", "txets": 4}}, "neutral: unknown key(s) txets"),
+    ({"neutral": {"corpus": "neutral_en", "texts": -3}}, "texts must be a positive integer, got -3"),
+    ({"neutral": {"corpus": "neutral_en", "texts": 10000}}, "paragraphs; asked for 10000"),
+    ({"spelling": {"rules": "en_us"}}, "spelling: unknown spelling rules 'en_us'; known: en_gb, prereform_ru"),
+    ({"spelling": {"rules": "en_gb", "max_tokens": 5}}, "spelling: unknown key(s) max_tokens"),
+    ({"spelling": {"rules": "en_gb", "max_new_tokens": 0}}, "max_new_tokens must be a positive integer"),
 ])
 def test_malformed_tasks_fail_with_one_line_naming_the_field(change, message):
     with pytest.raises(TaskError) as e:

@@ -250,10 +250,13 @@ def bake_additive(ck, direction, layer: int | None = None, alpha: float = 1.0, *
     role = site
     if site == "residual":
         if "norm.post_mlp" in arch.roles:
+            ok = [r for r in ("attn.o", "mlp.down") if _has(ck, f"layers.{layer}.{r}.bias")
+                  or any(r in roles for roles in bias_flags(arch).values())]
+            hint = (f"bake site={' or '.join(repr(r) for r in ok)} and try it with steer(..., site=<same>)" if ok
+                    else f"{arch.name} has no config flag for a bias on attn.o or mlp.down, so use ablation instead")
             raise EditError(
                 f"layers.{layer}.mlp.down: in {arch.name} the MLP output is normalised by norm.post_mlp before the "
-                f"residual add, so no bias reproduces a residual addition; bake site='mlp.down' or 'attn.o' and try it "
-                f"with steer(..., site=<same>)")
+                f"residual add, so no bias reproduces a residual addition; {hint}")
         role = "mlp.down"
     if role not in ("attn.o", "mlp.down"):
         raise EditError(f"site {site!r}: choose one of {', '.join(SITES)}")
