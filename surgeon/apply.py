@@ -82,14 +82,19 @@ def apply(script, model, out=None, *, params: dict | None = None, dry_run: bool 
     ck = open_checkpoint(model, allow_external_links=allow_external_links)
     if not dry_run and out is None:
         raise ScriptError("an output directory is required (or use dry_run)")
-    if not dry_run:
-        from .save import _check_output
-
-        _check_output(ck.path, Path(out).absolute(), overwrite)  # fail before minutes of editing
-    source = run_script(ck, script, params)
     if dry_run:
+        run_script(ck, script, params)
         return plan(ck)
-    return ck.save(out, copy=copy, overwrite=overwrite, source=source)
+    from .save import Prefetch, _check_output
+
+    _check_output(ck.path, Path(out).absolute(), overwrite)  # fail before minutes of editing
+    ck.prefetch = Prefetch(ck, out)  # shards the script reads are copied while it runs
+    try:
+        source = run_script(ck, script, params)
+        return ck.save(out, copy=copy, overwrite=overwrite, source=source, prefetch=ck.prefetch)
+    finally:
+        ck.prefetch.close()
+        ck.prefetch = None
 
 
 def plan(ck) -> dict:

@@ -138,6 +138,7 @@ class Checkpoint:
     def __init__(self, root: Path, config: dict, shards: dict[str, ShardHeader], entries: dict[str, TensorEntry], index: dict | None):
         self.path = root
         self.allow_external_links = False
+        self.prefetch = None  # a save.Prefetch while `surgeon apply` runs its script
         self.config = config  # edit freely: save() writes it if it changed
         self.original_config = json.loads(json.dumps(config))
         self.shards = shards
@@ -221,11 +222,13 @@ class Checkpoint:
         float32 by default because edits are computed in float32 and cast back
         on :meth:`set`; torch itself is imported on the first tensor read.
         """
+        ref = self.resolve(key)
+        if self.prefetch is not None and ref.tensor in self.entries and ref.tensor not in self.staged:
+            self.prefetch.read(self.entries[ref.tensor].file)  # before torch's import: the copy overlaps it
         import torch
 
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        ref = self.resolve(key)
         stored = self.stored(ref.tensor)
         t = ref.view.read(stored)
         t = t if dtype is None else t.to(dtype)

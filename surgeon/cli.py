@@ -48,12 +48,19 @@ def _debug(ctx) -> bool:
     return bool((ctx.obj or {}).get("debug")) or os.environ.get("SURGEON_DEBUG") == "1"
 
 
-def _threads():
-    """Two cores here: one torch thread per core, never more than asked."""
+def _threads(lazy: bool = False):
+    """Two cores here: one torch thread per core, never more than asked.
+
+    ``lazy``: leave torch unimported (``apply`` copies shards while the script
+    imports it) and let torch take the count from OMP_NUM_THREADS when it loads.
+    """
+    n = max(1, int(os.environ.get("SURGEON_THREADS", os.cpu_count() or 1)))
+    if lazy and "torch" not in sys.modules:
+        os.environ["OMP_NUM_THREADS"] = str(n)
+        return
     import torch
 
-    n = int(os.environ.get("SURGEON_THREADS", os.cpu_count() or 1))
-    torch.set_num_threads(max(1, n))
+    torch.set_num_threads(n)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,7 +109,7 @@ def apply(script, model, out, params, dry_run, copy, overwrite, as_json, allow_e
     """Run EDIT.py's edit(ck, **params) on a checkpoint and save the result."""
     from .apply import apply as run, parse_params
 
-    _threads()
+    _threads(lazy=True)
     if not dry_run and not out:
         raise click.UsageError("--out is required unless --dry-run")
     doc = run(script, model, out, params=parse_params(list(params)), dry_run=dry_run, copy=copy,

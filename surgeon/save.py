@@ -42,13 +42,16 @@ _SKIP_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".
 
 
 def save(ck, out_dir, *, copy: bool = False, overwrite: bool = False, source: dict | None = None,
-         manifest: bool = True, check_tokenizer: bool = True, fsync: bool = False) -> dict:
+         manifest: bool = True, check_tokenizer: bool = True, fsync: bool = False,
+         prefetch: Prefetch | None = None) -> dict:
     """Write ``ck`` with its staged changes to ``out_dir``; returns the manifest.
 
     ``copy``: copy untouched shards instead of hard-linking them.
     ``overwrite``: replace an existing ``out_dir`` (swapped in only once complete).
     ``source``: what made the change (script text, parameters), for the manifest.
     ``fsync``: flush files to stable storage before the final rename (power-loss safety, slower).
+    ``prefetch``: shard copies started while the edit ran (:class:`Prefetch`); a
+    patchable shard is then only patched.
     """
     from . import __version__
 
@@ -66,7 +69,8 @@ def save(ck, out_dir, *, copy: bool = False, overwrite: bool = False, source: di
         # Shards whose staged tensors keep their byte ranges are written in a second thread while
         # this one hashes old and new bytes for the manifest: the kernel copy and sha256 overlap.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            early = {rel: pool.submit(_copy_and_patch, src / rel, tmp / rel, ck.shards[rel], names, ck)
+            early = {rel: pool.submit(_copy_and_patch, src / rel, tmp / rel, ck.shards[rel], names, ck,
+                                      prefetch.take(rel) if prefetch else None)
                      for rel, names in _patchable(ck).items()}
             changes = _changes(ck)
             for f in early.values():
@@ -117,6 +121,65 @@ def save(ck, out_dir, *, copy: bool = False, overwrite: bool = False, source: di
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return doc
+
+
+# ----------------------------------------------------------------- prefetch
+
+
+class Prefetch:
+    """Copy the shards an edit reads, in a background thread, while the edit runs.
+
+    ``surgeon apply`` pays ~1 s to import torch and run the script before
+    save() knows which shard changed; a shard that a script reads is usually
+    the one it changes. Started on a shard's first read, at most ``limit``
+    shards: a kernel copy (``copy_file_range``, which leaves the GIL) into a
+    scratch directory beside the output, so that save() only moves it in and
+    writes the changed ranges. A shard read but not changed costs one wasted
+    copy, deleted on :meth:`close`; the scratch directory follows the same
+    naming as save()'s temporary one, so a killed run's is removed by the next.
+    """
+
+    def __init__(self, ck, out_dir, limit: int = 2):
+        self.ck, self.out, self.limit = ck, Path(out_dir).absolute(), limit
+        self.dir: Path | None = None
+        self.jobs: dict = {}
+        self.pool = None
+
+    def read(self, rel: str) -> None:
+        """A tensor of shard ``rel`` is being read: start copying it (once, within the limit)."""
+        if rel in self.jobs or len(self.jobs) >= self.limit or not self.out.parent.is_dir():
+            return
+        if self.dir is None:
+            _remove_stale_tmp(self.out)
+            self.dir = _tmp_name(self.out, "-prefetch")
+            self.dir.mkdir()
+            self.pool = ThreadPoolExecutor(max_workers=1)
+        dst = self.dir / rel.replace("/", "%")
+        self.jobs[rel] = (dst, self.pool.submit(_copy_whole, self.ck.path / rel, dst))
+
+    def take(self, rel: str) -> Path | None:
+        """The finished copy of ``rel`` (waits for it), or None if there is none or it failed."""
+        job = self.jobs.pop(rel, None)
+        if job is None:
+            return None
+        dst, fut = job
+        try:
+            fut.result()
+        except OSError:
+            return None  # save() copies it itself
+        size = self.ck.shards[rel].file_size
+        return dst if dst.stat().st_size == size else None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _copy_whole(src: Path, dst: Path) -> None:
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        _copy_range(fi, fo, 0, os.fstat(fi.fileno()).st_size)
 
 
 # ----------------------------------------------------------------- checks
@@ -265,14 +328,24 @@ def _patchable(ck) -> dict[str, list[str]]:
     return {rel: names for rel, names in out.items() if rel not in bad}
 
 
-def _copy_and_patch(src: Path, dst: Path, header, names: list[str], ck) -> None:
+def _copy_and_patch(src: Path, dst: Path, header, names: list[str], ck, ready: Path | None = None) -> None:
     """The shard with the staged tensors' byte ranges replaced, everything else copied by the kernel.
 
     Same shapes and dtypes mean the same byte ranges, so the file is the input
     with a few ranges swapped: ``copy_file_range`` for the unchanged stretches
-    (no bytes through user space), one write per changed tensor.
+    (no bytes through user space), one write per changed tensor. ``ready``: a
+    whole copy of ``src`` made beforehand (:class:`Prefetch`), moved in and patched.
     """
     spans = sorted((ck.entries[n].start, ck.entries[n].end, n) for n in names)
+    if ready is not None:
+        os.rename(ready, dst)
+        with open(dst, "r+b") as fo:
+            for start, _end, name in spans:
+                fo.seek(start)
+                fo.write(tensor_bytes(ck.staged[name]))
+            if fo.seek(0, os.SEEK_END) != header.file_size:
+                raise CheckpointError(f"{dst}: holds {fo.tell()} bytes after patching, expected {header.file_size}")
+        return
     pos = 0
     with open(src, "rb") as fi, open(dst, "wb") as fo:
         for start, end, name in spans:

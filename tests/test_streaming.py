@@ -176,3 +176,64 @@ def test_a_staged_value_equal_to_the_input_leaves_the_shard_shared(tiny, tmp_pat
     assert doc["tensors"] == [] and doc["files"]["linked"] == ["model.safetensors"]
     assert os.path.samefile(ck.path / "model.safetensors", tmp_path / "out" / "model.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# ------------------------------------------------------- prefetch: the copy overlaps the edit
+
+
+READS = '''
+def edit(ck, read=(), change=()):
+    for key in read:
+        ck[key]
+    for key in change:
+        ck[key] = ck[key] * 1.5
+'''
+
+
+@pytest.fixture
+def three_shards(tmp_path, tiny):
+    from reshard import reshard
+
+    return reshard(tiny("llama"), tmp_path / "in", 3)
+
+
+def _prefetch_run(tmp_path, src, monkeypatch, name, **params):
+    from surgeon import save as save_mod
+    from surgeon.apply import apply
+
+    copied = []
+    real = save_mod._copy_whole
+    monkeypatch.setattr(save_mod, "_copy_whole", lambda a, b: (copied.append(Path(a).name), real(a, b))[1])
+    script = tmp_path / "reads.py"
+    script.write_text(READS)
+    out = tmp_path / name
+    doc = apply(script, src, out, params=params)
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []  # no scratch left
+    return out, doc, copied
+
+
+def test_apply_patches_the_shard_it_copied_while_the_script_ran(tmp_path, three_shards, monkeypatch):
+    ck = surgeon.open(three_shards)
+    shard_of = {k: ck.entries[ck.resolve(k).tensor].file for k in ("layers.0.mlp.down", "layers.1.mlp.down", "embed")}
+    out, doc, copied = _prefetch_run(tmp_path, three_shards, monkeypatch, "a", change=["layers.0.mlp.down"])
+    assert copied == [shard_of["layers.0.mlp.down"]] and doc["files"]["patched"] == copied
+    # the same edit saved without a prefetch writes the same bytes
+    ck["layers.0.mlp.down"] = ck["layers.0.mlp.down"] * 1.5
+    ck.save(tmp_path / "plain")
+    for rel in ck.shards:
+        assert (out / rel).read_bytes() == (tmp_path / "plain" / rel).read_bytes(), rel
+        shared = (out / rel).stat().st_ino == (three_shards / rel).stat().st_ino
+        assert shared == (rel not in copied), rel  # only the patched shard is a new file
+
+
+def test_a_shard_read_but_not_changed_is_still_linked_and_the_copies_are_capped(tmp_path, three_shards, monkeypatch):
+    ck = surgeon.open(three_shards)
+    files = {ck.entries[ck.resolve(k).tensor].file: k for k in ("embed", "layers.0.mlp.down", "layers.1.mlp.down", "final_norm")}
+    assert len(files) == 3
+    keys = list(files.values())
+    out, doc, copied = _prefetch_run(tmp_path, three_shards, monkeypatch, "b", read=keys, change=[keys[0]])
+    assert len(copied) == 2  # at most two shards are copied ahead
+    assert doc["files"]["patched"] == [ck.entries[ck.resolve(keys[0]).tensor].file]
+    for rel in ck.shards:
+        if rel not in doc["files"]["patched"]:
+            assert (out / rel).stat().st_ino == (three_shards / rel).stat().st_ino  # hard link, copy discarded
