@@ -6,6 +6,8 @@
   kernel (``copy_file_range``, as ``cp`` does) around the changed byte ranges,
   which are written from the staged values: as fast as ``cp``, nothing but
   the staged tensors in memory, and overlapped with the manifest's hashing.
+  Under ``surgeon apply`` the copy starts earlier, on the script's first read
+  of the shard (:class:`Prefetch`), so it overlaps the edit itself.
 * A shard whose layout changes (new rows, new tensors) is rewritten by
   streaming: new header, then each tensor's bytes copied range by range
   (``os.copy_file_range``) or written from the staged value.
