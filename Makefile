@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.surgeon-installed
 export SURGEON_THREADS ?= 2
+# idle OpenMP threads sleep instead of spinning: on a busy machine spinning costs 7-10x (benches/bench_busy.py)
+export OMP_WAIT_POLICY ?= PASSIVE
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)

@@ -1,4 +1,4 @@
-"""Fine-tuning throughput: ``surgeon.finetune`` vs a plain peft + torch loop, side by side.
+"""Fine-tuning throughput: ``surgeon.study.finetune`` vs a plain peft + torch loop, side by side.
 
 The ANCHORS figures (2 cores, fp32, batch 8 × 64 tokens, LoRA r=8 on q,v of
 layers 0–6) are 221 tokens/s and 2.1 GB for SmolLM2, 91 tokens/s and 3.7 GB for
@@ -14,7 +14,7 @@ same seed, same thread count:
 
 * ``peft``         plain loop: ``get_peft_model`` with ``target_modules=[q_proj, v_proj]``,
                    ``layers_to_transform=0..6``; ``model(..., labels=...)`` (logits everywhere)
-* ``surgeon``      ``surgeon.finetune.finetune`` with the same adapter (roles attn.q+attn.v)
+* ``surgeon``      ``surgeon.study.finetune.finetune`` with the same adapter (roles attn.q+attn.v)
 * ``peft-raw``, ``surgeon-raw``   the same with the loss on every token (raw texts), where
                    no position can be skipped: the two should be level
 
@@ -46,7 +46,7 @@ WINDOW, COMPLETION, BATCH, RANK, LAYERS = 64, 8, 8, 8, list(range(7))
 def make_task(model_dir, raw: bool):
     from transformers import AutoTokenizer
 
-    from surgeon.task import Task, neutral_texts
+    from surgeon.study.task import Task, neutral_texts
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = [i for t in neutral_texts("neutral_en", 200) for i in tok(t, add_special_tokens=False)["input_ids"]]
@@ -61,7 +61,8 @@ def make_task(model_dir, raw: bool):
 
 
 def run_surgeon(model_dir, steps, raw):
-    from surgeon.finetune import FinetuneConfig, finetune
+    from surgeon.study.config import FinetuneConfig
+    from surgeon.study.finetune import finetune
 
     task = make_task(model_dir, raw)
     r = finetune(model_dir, task, FinetuneConfig(method="lora", layers=LAYERS, roles="attn.q,attn.v", rank=RANK,

@@ -43,7 +43,7 @@ def cli_time(path: Path, reps: int) -> float:
 
 def open_time(path: Path, n: int = 30) -> tuple[float, float]:
     import surgeon
-    from surgeon.summary import summarize
+    from surgeon.roles.summary import summarize
 
     opens, sums = [], []
     for _ in range(n + 1):

@@ -58,7 +58,7 @@ ANCHOR_SECONDS = 31.0
 
 
 def neutral_batch(rt, max_length: int = 128) -> dict:
-    from surgeon.edits.covariance import neutral_paragraphs
+    from surgeon.data import neutral_paragraphs
 
     rt.tokenizer.padding_side = "right"
     return dict(rt.tokenizer(neutral_paragraphs("eval"), return_tensors="pt", padding=True, truncation=True, max_length=max_length))

@@ -7,7 +7,7 @@ Each phase runs in its own process so its peak RSS is its own:
   against the run-time steer (fp32 vector, and the stored bf16 bias).
 * ``ablate``   — directional ablation of the happy direction, all layers + embedding, and layers 8–12
   only: per-layer written component along r before/after; KL(original ‖ ablated) and perplexity
-  ratio on the shipped neutral corpus (the definition of :mod:`surgeon.measure`).
+  ratio on the shipped neutral corpus (the definition of :mod:`surgeon.study.measure`).
 * ``adapter``  — the all-layer ablation exported as a LoRA adapter; logits of base + adapter (peft)
   against the ablated checkpoint and against the same ablation done in fp32.
 * ``gemma3``   — Gemma-3-270M: a bias on attn.o (behind norm.post_attn) against steer(site="attn.o")
@@ -56,13 +56,13 @@ def _happy(rt, layer=LAYER):
 
 
 def _neutral_task(n=8):
-    from surgeon.task import Task, neutral_texts
+    from surgeon.study.task import Task, neutral_texts
 
     return Task(name="neutral", neutral=neutral_texts("neutral_en", n))
 
 
 def _kl(original_rt, changed_rt, task=None):
-    from surgeon.measure import measure, reference
+    from surgeon.study.measure import measure, reference
 
     task = task or _neutral_task()
     m = measure(changed_rt, task, reference(original_rt, task))
@@ -151,12 +151,13 @@ def phase_ablate(out):
 
 
 def phase_adapter(out):
-    import surgeon
     from peft import PeftModel
-    from surgeon.adapter import export_adapter
-    from surgeon.edits.steering import ablate
-    from surgeon.runtime import load
     from transformers import AutoModelForCausalLM
+
+    import surgeon
+    from surgeon.edits.steering import ablate
+    from surgeon.export.adapter import export_adapter
+    from surgeon.runtime import load
 
     src = _smollm2()
     rt = load(surgeon.open(src))

@@ -5,7 +5,7 @@ never the repository), a Llama-shaped checkpoint: a real ``LlamaConfig`` with
 Llama-3.2-3B sizes (28 layers, hidden 3072, 128k vocabulary, tied embeddings,
 3.2 B parameters = 6.4 GB in bf16), the tensor names transformers itself
 lists, random values. The same tensors are written once in 4 shards and once
-in 16, streaming tensor by tensor (``surgeon.shards.write_shard``), so building
+in 16, streaming tensor by tensor (``surgeon.io.shards.write_shard``), so building
 never holds more than 64 MB of tensor data.
 
 Then the edit ``layers.14.mlp.down *= 1.01`` is made, each way in its own child
@@ -81,7 +81,7 @@ def llama_layout() -> tuple[object, list[tuple[str, tuple[int, ...]]]]:
     cfg.architectures = ["LlamaForCausalLM"]
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
-    tied = set((getattr(model, "_tied_weights_keys", None) or {}))
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
     names = [(n, tuple(t.shape)) for n, t in model.state_dict().items() if n not in tied]
     return cfg, names
 
@@ -110,7 +110,7 @@ def _copied_chunks(path: Path, start: int, end: int):
 
 def _source_of_values(names):
     """name -> chunk generator: copies from a variant already built, else fresh random values."""
-    from surgeon.shards import read_header
+    from surgeon.io.shards import read_header
 
     for other in sorted(bench_root().glob("llama-3b-synthetic-*shards")):
         if (other / ".complete").exists():
@@ -124,7 +124,7 @@ def _source_of_values(names):
 
 def build(num_shards: int) -> Path:
     """The cached synthetic checkpoint in ``num_shards`` shards (built on first use)."""
-    from surgeon.shards import write_shard
+    from surgeon.io.shards import write_shard
 
     out = bench_root() / f"llama-3b-synthetic-{num_shards}shards"
     if (out / ".complete").exists():
@@ -186,7 +186,7 @@ for p in os.listdir(src):
 SURGEON_SAVE_ONLY = '''
 import json, sys, time
 import surgeon
-from surgeon.apply import run_script
+from surgeon.edits.apply import run_script
 src, out, script, report = sys.argv[1:5]
 ck = surgeon.open(src)
 source = run_script(ck, script)
@@ -273,7 +273,7 @@ def verify_surgeon(src: Path, out: Path, shard: str, reference: Path | None = No
     import torch
     from safetensors import safe_open
 
-    from surgeon.shards import read_header
+    from surgeon.io.shards import read_header
 
     lines = []
     shards = sorted(p.name for p in src.glob("*.safetensors"))
@@ -378,7 +378,7 @@ def measure(src: Path, ways: list[str], reps: int, slow_reps: int, cold: bool, t
 
 
 def _entries(path: Path):
-    from surgeon.shards import read_header
+    from surgeon.io.shards import read_header
 
     return read_header(str(path), path.name).entries
 

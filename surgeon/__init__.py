@@ -4,10 +4,8 @@ The pipeline reads top to bottom in the module list:
 open (checkpoint, shards) -> roles -> edits -> save -> measure.
 """
 
-__version__ = "0.1.0"
-
-from .checkpoint import Checkpoint, open_checkpoint as open  # noqa: E402,A001
-from .errors import (  # noqa: E402
+from surgeon._version import __version__
+from surgeon.errors import (  # noqa: E402
     CheckpointError,
     EditError,
     HeaderError,
@@ -16,6 +14,8 @@ from .errors import (  # noqa: E402
     SurgeonError,
     UnknownArchitecture,
 )
+from surgeon.io.checkpoint import Checkpoint  # noqa: E402,A001
+from surgeon.io.checkpoint import open_checkpoint as open
 
 __all__ = [
     "Checkpoint",

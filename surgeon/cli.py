@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import fields
 
 import click
 
-from .errors import SurgeonError
+from surgeon._threads import configure as configure_threads
+from surgeon._threads import quiet_waits
+from surgeon.errors import SurgeonError
+from surgeon.study.config import FinetuneConfig
 
 
 class _Group(click.Group):
@@ -49,27 +53,22 @@ def _debug(ctx) -> bool:
 
 
 def _threads(lazy: bool = False):
-    """Two cores here: one torch thread per core, never more than asked.
-
-    ``lazy``: leave torch unimported (``apply`` copies shards while the script
-    imports it) and let torch take the count from OMP_NUM_THREADS when it loads.
-    """
-    n = max(1, int(os.environ.get("SURGEON_THREADS", os.cpu_count() or 1)))
-    if lazy and "torch" not in sys.modules:
-        os.environ["OMP_NUM_THREADS"] = str(n)
-        return
-    import torch
-
-    torch.set_num_threads(n)
+    """``SURGEON_THREADS`` torch threads (default one per core) with passive OpenMP waits (:mod:`surgeon._threads`)."""
+    configure_threads(lazy=lazy)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("--device", default=None, metavar="DEVICE",
+              help="Where models run (cpu, cuda, cuda:1); default the GPU when there is one ($SURGEON_DEVICE).")
 @click.version_option(package_name="surgeon")
 @click.pass_context
-def main(ctx, debug):
+def main(ctx, debug, device):
     """Weight surgery on transformer checkpoints: inspect, edit, fine-tune, measure."""
     ctx.ensure_object(dict)["debug"] = debug
+    quiet_waits()  # before any command imports torch: OpenMP reads its wait policy once, when torch loads
+    if device:
+        os.environ["SURGEON_DEVICE"] = device  # read by surgeon.runtime.default_device, also in arm children
 
 
 # --------------------------------------------------------------------- inspect
@@ -82,12 +81,12 @@ def main(ctx, debug):
 @click.option("--allow-external-links", is_flag=True, help="Accept shards that link outside the directory.")
 def inspect(checkpoint, as_json, raw, allow_external_links):
     """Architecture, sizes and every tensor by role (headers only)."""
-    from .checkpoint import open_checkpoint
-    from .summary import format_text, summarize
+    from surgeon.io.checkpoint import open_checkpoint
+    from surgeon.roles.summary import format_text, summarize
 
     ck = open_checkpoint(checkpoint, allow_external_links=allow_external_links)
     if ck.architecture is None and not raw:
-        ck.roles  # raises UnknownArchitecture with the supported list
+        _ = ck.roles  # raises UnknownArchitecture with the supported list
     doc = summarize(ck)
     click.echo(json.dumps(doc, indent=1) if as_json else format_text(doc))
 
@@ -107,7 +106,8 @@ def inspect(checkpoint, as_json, raw, allow_external_links):
 @click.option("--allow-external-links", is_flag=True, help="Accept shards that link outside the directory.")
 def apply(script, model, out, params, dry_run, copy, overwrite, as_json, allow_external_links):
     """Run EDIT.py's edit(ck, **params) on a checkpoint and save the result."""
-    from .apply import apply as run, parse_params
+    from surgeon.edits.apply import apply as run
+    from surgeon.edits.apply import parse_params
 
     _threads(lazy=True)
     if not dry_run and not out:
@@ -138,39 +138,42 @@ def apply(script, model, out, params, dry_run, copy, overwrite, as_json, allow_e
 # ------------------------------------------------------------ finetune, compare
 
 
+def config_options(cls):
+    """Click options generated from a config dataclass: one per field, help and defaults from the field.
+
+    A field's metadata may give ``choices`` and ``type`` (for fields whose default is None).
+    """
+
+    def decorate(fn):
+        for f in reversed(fields(cls)):
+            meta = dict(f.metadata)
+            kind = click.Choice(meta["choices"]) if "choices" in meta else meta.get("type", type(f.default))
+            fn = click.option(f"--{f.name.replace('_', '-')}", f.name, type=kind, default=f.default,
+                              show_default=f.default is not None, help=meta.get("help"))(fn)
+        return fn
+
+    return decorate
+
+
 @main.command()
 @click.argument("task", type=click.Path(exists=True, dir_okay=False))
 @click.option("--model", required=True, type=click.Path(), help="Input checkpoint directory (never modified).")
 @click.option("--out", required=True, type=click.Path(), help="Output directory (written atomically, with manifest).")
-@click.option("--layers", default="all", show_default=True, help="Layers to train: 0-6, 18-23, 0,3,5 or all.")
-@click.option("--roles", default="attn,mlp", show_default=True,
-              help="Roles: attn, mlp, norm, single roles (mlp.down, norm.pre_mlp), lm_head, embed, final_norm.")
-@click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True)
-@click.option("--rank", type=int, default=8, show_default=True, help="LoRA rank.")
-@click.option("--alpha", type=float, default=None, help="LoRA alpha (default 2 × rank).")
-@click.option("--steps", type=int, default=40, show_default=True)
-@click.option("--lr", type=float, default=None, help="Learning rate (default 1e-3 LoRA, 1e-4 full).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch", type=int, default=8, show_default=True)
-@click.option("--max-length", type=int, default=64, show_default=True, help="Tokens per example.")
-@click.option("--max-delta", type=float, default=None, help="full only: keep each weight within ± this (FT-L).")
+@config_options(FinetuneConfig)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--copy", is_flag=True, help="Copy untouched shards instead of hard-linking them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def finetune(task, model, out, layers, roles, method, rank, alpha, steps, lr, seed, batch, max_length, max_delta,
-             overwrite, copy, as_json):
+def finetune(task, model, out, overwrite, copy, as_json, **config):
     """Fine-tune chosen layers × roles on TASK and save like an edit."""
-    from .finetune import FinetuneConfig, finetune as run
+    from surgeon.study.finetune import finetune as run
 
     _threads()
-    cfg = FinetuneConfig(method=method, layers=layers, roles=roles, rank=rank, alpha=alpha, steps=steps, lr=lr,
-                         seed=seed, batch=batch, max_length=max_length, max_delta=max_delta)
-    r = run(model, task, cfg, out=out, overwrite=overwrite, copy=copy, progress=not as_json)
+    r = run(model, task, FinetuneConfig(**config), out=out, overwrite=overwrite, copy=copy, progress=not as_json)
     if as_json:
         click.echo(json.dumps(r.to_dict(), indent=1))
         return
     click.echo(f"wrote {out}: {len(r.manifest['tensors'])} tensor(s) changed, {r.params_changed:,} parameters; "
-               f"{r.trainable_params:,} trained ({method}) over {r.steps} steps")
+               f"{r.trainable_params:,} trained ({config['method']}) over {r.steps} steps")
     click.echo(f"  loss {r.losses[0]:.3f} -> {r.losses[-1]:.3f}; {r.tokens_per_s:.0f} tokens/s; "
                f"wall {r.wall_s:.1f} s; peak RSS {r.peak_rss_mb:.0f} MB; update kept after cast {r.update_kept:.0%}")
     for n in r.notes:
@@ -186,15 +189,23 @@ def finetune(task, model, out, layers, roles, method, rank, alpha, steps, lr, se
 @click.option("--keep-checkpoints", is_flag=True, help="Keep each arm's checkpoint under OUT/arms/.")
 @click.option("--overwrite", is_flag=True, help="Reuse a non-empty report directory.")
 @click.option("--timeout", type=float, default=None, help="Seconds allowed per arm.")
-def compare(task, model, arms, out, keep_checkpoints, overwrite, timeout):
+@click.option("--budget", type=int, default=None, help="Tune each arm family with N trials on the validation "
+              "split (Optuna), report the chosen points on test.")
+@click.option("--seeds", type=int, default=3, show_default=True, help="With --budget: seeds per chosen point.")
+def compare(task, model, arms, out, keep_checkpoints, overwrite, timeout, budget, seeds):
     """Make each arm from MODEL, measure all on TASK, print the table."""
     from pathlib import Path
 
-    from .compare import compare as run
+    from surgeon.study.compare import compare as run
+    from surgeon.study.tuned import compare_tuned
 
     _threads()
-    report = run(task, model, list(arms), out, keep_checkpoints=keep_checkpoints, overwrite=overwrite,
-                 timeout_s=timeout)
+    if budget is not None:
+        report = compare_tuned(task, model, list(arms), out, budget=budget, seeds=seeds, overwrite=overwrite,
+                               timeout_s=timeout)
+    else:
+        report = run(task, model, list(arms), out, keep_checkpoints=keep_checkpoints, overwrite=overwrite,
+                     timeout_s=timeout)
     md = (Path(out) / "report.md").read_text(encoding="utf-8")
     click.echo(md)
     click.echo(f"wrote {out}/report.json, report.md, report.png")
@@ -216,8 +227,8 @@ def compare(task, model, arms, out, keep_checkpoints, overwrite, timeout):
 @click.option("--unrelated", is_flag=True, help="Diff checkpoints of different families or tensor sets anyway.")
 def diff_cmd(a, b, as_json, all_tensors, plot_path, no_rank, allow_external_links, unrelated):
     """Tensor by tensor: ‖ΔW‖, relative change, effective rank, rows added (A -> B)."""
-    from .checkpoint import open_checkpoint
-    from .diff import config_changes, diff, format_table, plot
+    from surgeon.io.checkpoint import open_checkpoint
+    from surgeon.io.diff import config_changes, diff, format_table, plot
 
     _threads()
     ca = open_checkpoint(a, allow_external_links=allow_external_links)
@@ -251,7 +262,7 @@ def diff_cmd(a, b, as_json, all_tensors, plot_path, no_rank, allow_external_link
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export_adapter_cmd(edited, base, out, rank, tol, allow_skip, overwrite, as_json):
     """Export EDITED − BASE as a PEFT LoRA adapter (exact for rank-one edits, truncated SVD otherwise)."""
-    from .adapter import export_adapter
+    from surgeon.export.adapter import export_adapter
 
     _threads()
     rep = export_adapter(edited, base, out, rank=rank, tol=tol, allow_skip=allow_skip, overwrite=overwrite)
@@ -295,8 +306,8 @@ def locate_cmd(task, model, png, method, examples, mass, corrupt, seed, as_json)
     """Map where TASK's behaviour lives (layers × roles) and suggest a layer range."""
     from pathlib import Path
 
-    from .locate import locate as run
-    from .save import check_outside
+    from surgeon.io.atomic import check_outside
+    from surgeon.study.locate import locate as run
 
     _threads()
     check_outside(model, png)  # the map and its .json never land inside the input
@@ -324,9 +335,9 @@ def fixture(name, out):
     import shutil
     from pathlib import Path
 
-    from .fixtures import fixture as cached
+    from surgeon.fixtures import fixture as cached
 
-    _threads()
+    _threads(lazy=True)  # torch loads only if the model must be built
     path = cached(name)
     if out:
         if Path(out).exists():

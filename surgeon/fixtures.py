@@ -18,19 +18,15 @@ import fcntl
 import importlib
 import importlib.util
 import os
-import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import SurgeonError
+from surgeon.errors import SurgeonError
+from surgeon.io.atomic import atomic_output, cache_dir
 
 FIXTURES = ("smollm2", "gemma3")
 _VERSION = "v1"  # bump when the conversion changes
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SURGEON_CACHE", Path.home() / ".cache" / "surgeon"))
 
 
 def _gguf(name: str) -> tuple[Path, str]:
@@ -62,9 +58,7 @@ def build(name: str, out: str | os.PathLike) -> Path:
 
     d, f = _gguf(name)
     out = Path(out).absolute()
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_output(out, overwrite=True) as tmp:
         tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
         model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
         if getattr(model, "hf_quantizer", None) is not None:
@@ -75,12 +69,6 @@ def build(name: str, out: str | os.PathLike) -> Path:
         tok.save_pretrained(tmp)
         for p in tmp.iterdir():
             p.chmod(0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -15,17 +15,38 @@ weights, hooks and docs):
 * ``embed``, ``lm_head``, ``final_norm`` (``.input`` works for each)
 
 The model is loaded from :meth:`Checkpoint.materialized`, so staged edits
-are seen exactly as :func:`surgeon.save.save` would write them.
+are seen exactly as :func:`surgeon.io.save.save` would write them.
+
+Placement (docs/scale.md): one device (``device``, default the GPU when there
+is one, else the CPU; ``$SURGEON_DEVICE`` / ``surgeon --device`` override), or
+across GPUs, CPU memory and disk with accelerate (``device_map``, ``max_memory``,
+``offload_folder``: layers that do not fit are read back from the checkpoint's
+own safetensors files at each forward). ``layers=n`` builds only the first n
+decoder layers from the same files (covariance or steering at layer n - 1 never
+runs, nor loads, the layers above). Hooks follow the activation's device.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import inspect
+import os
+import tempfile
+import weakref
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
+
+from surgeon.io.checkpoint import open_checkpoint
+
+
+def bos_id(tokenizer) -> int | None:
+    """The BOS id ``tokenizer`` puts before every text, or None when it adds none (SmolLM2 adds none)."""
+    probe = tokenizer("a")["input_ids"]
+    bos = tokenizer.bos_token_id
+    return bos if bos is not None and probe and probe[0] == bos else None
 
 
 def _main(x):
@@ -37,40 +58,65 @@ def _replace(x, new):
     return (new,) + tuple(x[1:]) if isinstance(x, tuple) else new
 
 
+def default_device() -> str:
+    """``$SURGEON_DEVICE`` if set (``surgeon --device``), else ``cuda`` when a GPU is present, else ``cpu``."""
+    return os.environ.get("SURGEON_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 class Runtime:
     """A loaded model plus tokenizer, with role-named hooks.
 
     ``Runtime(ck)`` loads from a Checkpoint (staged edits included);
-    ``Runtime.from_path(dir)`` from a saved directory.
+    ``Runtime.from_path(dir)`` from a saved directory. ``dtype``: float32 by
+    default (edits are computed in it); bfloat16 halves the memory of a large
+    model. ``device``: see :func:`default_device`. ``device_map`` ("auto",
+    "sequential" or a dict), ``max_memory`` ({0: "70GiB", "cpu": "100GiB"};
+    alone it implies ``device_map="auto"``) and ``offload_folder`` are passed
+    to transformers' ``from_pretrained`` (accelerate places whole decoder
+    layers; a temporary folder is used if offloading needs one and none is
+    given). ``layers``: build only the first ``layers`` decoder layers.
     """
 
-    def __init__(self, ck, *, dtype: torch.dtype = torch.float32, device: str = "cpu", model=None, tokenizer=None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def __init__(self, ck, *, dtype: torch.dtype | str = torch.float32, device: str | None = None,
+                 device_map=None, max_memory: dict | None = None, offload_folder=None, layers: int | None = None,
+                 model=None, tokenizer=None):
+        from transformers import AutoTokenizer
 
         self.ck = ck
+        self._keep = ExitStack()  # the files an offloaded model reads from live as long as it does
+        weakref.finalize(self, self._keep.close)
+        if layers is not None and not (isinstance(layers, int) and 1 <= layers <= ck.num_layers):
+            raise ValueError(f"layers={layers!r}: the model has {ck.num_layers} decoder layers")
+        self.layers = layers or ck.num_layers
+        placed = device_map is not None or max_memory is not None
         if model is None:
-            with ck.materialized() as d:
-                tokenizer = AutoTokenizer.from_pretrained(d)
-                model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype)
-        self.model = model.to(device).eval()
+            d = self._keep.enter_context(ck.materialized())
+            tokenizer = AutoTokenizer.from_pretrained(d)
+            if placed and offload_folder is None:
+                offload_folder = self._keep.enter_context(tempfile.TemporaryDirectory(prefix="surgeon-offload-"))
+            model = _load_model(d, dtype, layers, (device_map or "auto") if placed else None, max_memory, offload_folder)
+            if not placed:
+                self._keep.close()  # everything is in memory: the view can go
+        if not getattr(model, "hf_device_map", None):
+            model = model.to(device or default_device())
+        self.model = model.eval()
         self.tokenizer = tokenizer
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.device = device
+        self.device = _input_device(self.model)
         self.arch = ck.architecture
         self._modules = dict(self.model.named_modules())
 
     @classmethod
     def from_path(cls, path, **kw) -> Runtime:
-        from .checkpoint import open_checkpoint
-
         return cls(open_checkpoint(path), **kw)
 
     # ------------------------------------------------------------- addressing
 
     @property
     def num_layers(self) -> int:
-        return self.ck.num_layers
+        """Decoder layers of the loaded model (fewer than the checkpoint's with ``layers=``)."""
+        return self.layers
 
     def layer(self, i: int) -> nn.Module:
         return self._modules[self.arch.layer.format(layer=i)]
@@ -155,6 +201,53 @@ class Runtime:
 
     # ---------------------------------------------------------------- running
 
+    @property
+    def bos_id(self) -> int | None:
+        """The BOS id the tokenizer prepends to every text, None when it prepends none."""
+        if not hasattr(self, "_bos"):
+            self._bos = bos_id(self.tokenizer)
+        return self._bos
+
+    def accepts(self, name: str, *, body: bool = False) -> bool:
+        """Whether the model's forward (``body``: the decoder stack's, without the head) takes argument ``name``."""
+        fwd = (self.model.base_model if body else self.model).forward
+        params = self.__dict__.setdefault("_params", {})
+        if fwd not in params:
+            params[fwd] = set(inspect.signature(fwd).parameters)
+        return name in params[fwd]
+
+    def cache_kw(self, *, body: bool = False) -> str:
+        """The name under which this model's forward takes a KV cache (it changed across transformers versions)."""
+        return "cache" if self.accepts("cache", body=body) else "past_key_values"
+
+    def logits(self, input_ids: torch.Tensor, *, keep=None, model=None, **kw) -> torch.Tensor:
+        """Logits computed only where ``keep`` says (an int: the last ``keep`` positions; a bool mask:
+        those positions, flattened), with ``logits_to_keep`` where the model takes it: Gemma-3's
+        262k-vocabulary head is the cost of a forward pass. ``model``: a wrapper of this runtime's
+        model to run instead (a peft model while fine-tuning)."""
+        model = self.model if model is None else model
+        if keep is None:
+            return model(input_ids=input_ids, **kw).logits
+        if self.accepts("logits_to_keep"):
+            return model(input_ids=input_ids, logits_to_keep=keep, **kw).logits
+        logits = model(input_ids=input_ids, **kw).logits
+        return logits[:, -keep:] if isinstance(keep, int) else logits[keep]
+
+    @torch.no_grad()
+    def last_logprobs(self, ids: list[int], **kw) -> torch.Tensor:
+        """log P(next token) after the token ids ``ids`` (one sequence), (vocab,)."""
+        x = torch.tensor([ids], device=self.device)
+        return torch.log_softmax(self.logits(x, keep=1, **kw)[0, -1].float(), dim=-1)
+
+    @torch.no_grad()
+    def prefix_cache(self, ids: list[int]):
+        """The KV cache of a forward over ``ids`` (hooks and patches that are open apply)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        self.logits(torch.tensor([ids], device=self.device), keep=1, use_cache=True, **{self.cache_kw(): cache})
+        return cache
+
     def encode(self, texts: list[str] | str, *, add_special_tokens: bool = True) -> dict:
         """Left-padded batch (so position -1 is every prompt's last token)."""
         if isinstance(texts, str):
@@ -210,12 +303,10 @@ class Runtime:
         Works for any family because it replays what the model itself passed.
         Position ids follow the attention mask, so left padding is harmless.
         """
-        import inspect
-
         from transformers import DynamicCache
 
         body = self.model.base_model  # the decoder stack without the vocabulary head: no logits to pay for
-        cache_kw = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+        cache_kw = self.cache_kw(body=True)
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         cache, snapshot = None, None
@@ -246,8 +337,15 @@ class Runtime:
         """Copy the checkpoint's current value of ``key`` (staged edit, stored-dtype rounding and all)
         into the loaded model, so an edit can be measured without reloading."""
         ref = self.ck.resolve(key)
-        param = getattr(self.module(key), ref.param)
-        param.copy_(self.ck.stored(ref.tensor).to(param.dtype))
+        mod = self.module(key)
+        param = getattr(mod, ref.param)
+        value = self.ck.stored(ref.tensor).to(param.dtype)
+        hook = getattr(mod, "_hf_hook", None)
+        wmap = getattr(hook, "weights_map", None)
+        if param.device.type == "meta" and wmap is not None:  # offloaded: accelerate reads it from here per forward
+            wmap.dataset.state_dict[wmap.prefix + ref.param] = value  # its state dict takes priority over the files
+            return
+        param.copy_(value)
 
 
 class Resume:
@@ -273,13 +371,52 @@ class Resume:
             h = _main(self.rt.layer(self.layer + i)(h, *args, **kwargs))
         if rows is not None:
             h = h[rows, cols]
-        logits = self.rt.module("lm_head")(self.rt.module("final_norm")(h)).float()
+        logits = self.rt.module("lm_head")(self.rt.module("final_norm")(h)).float().to(self.rt.device)
         cap = getattr(self.rt.model.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
 
+def _load_model(d, dtype, layers: int | None, device_map, max_memory, offload_folder):
+    """``from_pretrained`` of directory ``d``, with placement and (``layers``) a shortened decoder stack.
+
+    A shortened model gets the same config with ``num_hidden_layers`` (and a
+    per-layer ``layer_types`` list) cut; transformers then has no slot for the
+    upper layers' tensors and never reads them from the safetensors files.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    kw = {"dtype": dtype}
+    if device_map is not None:
+        kw.update(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+    if layers is None:
+        return AutoModelForCausalLM.from_pretrained(d, **kw)
+    config = AutoConfig.from_pretrained(d)
+    text = config.get_text_config()
+    text.num_hidden_layers = layers
+    if isinstance(getattr(text, "layer_types", None), list):
+        text.layer_types = text.layer_types[:layers]
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "weights not used" lists every upper-layer tensor: that is the point
+    try:
+        return AutoModelForCausalLM.from_pretrained(d, config=config, **kw)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _input_device(model) -> torch.device:
+    """Where inputs go: the embedding's execution device (its accelerate hook's when it is placed)."""
+    emb = model.get_input_embeddings()
+    hook = getattr(emb, "_hf_hook", None)
+    dev = getattr(hook, "execution_device", None)
+    if dev is None:
+        dev = emb.weight.device
+    return torch.device(dev) if not isinstance(dev, int) else torch.device("cuda", dev)
+
+
 def load(ck_or_path, **kw) -> Runtime:
-    """A Runtime from a Checkpoint or a directory path."""
+    """A Runtime from a Checkpoint or a directory path (keywords: see :class:`Runtime`)."""
     if isinstance(ck_or_path, (str, Path)):
         return Runtime.from_path(ck_or_path, **kw)
     return Runtime(ck_or_path, **kw)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
+from surgeon._threads import configure, quiet_waits
 
-torch.set_num_threads(int(os.environ.get("SURGEON_THREADS", "2")))
+quiet_waits()  # before torch loads (pytest imports conftest first): idle OpenMP threads sleep, not spin
+os.environ.setdefault("SURGEON_THREADS", "2")
+configure()
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")

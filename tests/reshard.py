@@ -11,8 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
-from surgeon.checkpoint import open_checkpoint
-from surgeon.shards import write_shard
+from surgeon.io.checkpoint import open_checkpoint
+from surgeon.io.shards import write_shard
 
 
 def byte_chunks(path, start: int, end: int, piece: int = 64 << 20):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import surgeon
-from surgeon.adapter import AdapterError, export_adapter
 from surgeon.edits.steering import ablate, bake_additive
+from surgeon.export.adapter import AdapterError, export_adapter
 
 TEXTS = ["The museum opens at nine in the morning and closes at five on weekdays.",
          "Water boils at one hundred degrees Celsius at sea level."]

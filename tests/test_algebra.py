@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import surgeon
-from surgeon.diff import diff
 from surgeon.edits.algebra import add, interpolate, scale, select, transplant, zero_heads
 from surgeon.errors import EditError
+from surgeon.io.diff import diff
 from surgeon.runtime import load
 
 TEXT = ["The old lighthouse keeper climbed the stairs every evening to light the lamp."]
@@ -187,7 +187,7 @@ def test_errors_name_the_tensor(tiny, tmp_path):
 def test_examples_run_on_smollm2(smollm2, script, params, changed):
     from pathlib import Path
 
-    from surgeon.apply import apply
+    from surgeon.edits.apply import apply
 
     plan = apply(Path(__file__).parent.parent / "examples" / script, smollm2, dry_run=True, params=params)
     assert len(plan["tensors"]) == changed and plan["edits"]

@@ -26,7 +26,7 @@ import torch
 from reshard import reshard
 from safetensors.torch import load_file, save_file
 
-from surgeon.shards import read_header
+from surgeon.io.shards import read_header
 
 SCALE = "def edit(ck):\n    ck['layers.0.mlp.down'] = ck['layers.0.mlp.down'] * 1.01\n"
 
@@ -270,6 +270,21 @@ def test_edit_script_that_raises_is_reported_with_its_line(case):
     case.script("boom.py", "def edit(ck):\n    w = ck['embed']\n    raise ValueError('no such fact')\n")
     case.freeze()
     case.refused(case.run(script="boom.py"), "boom.py:3", "ValueError: no such fact")
+
+
+@pytest.mark.parametrize("value", ["[0,", "{layer: 3}", '"Rome'])
+def test_param_that_starts_like_json_but_does_not_parse_is_refused_naming_it(case, value):
+    case.freeze()
+    line = case.refused(case.run("--param", f"heads={value}"), f"--param heads={value}", "does not parse", "column")
+    assert "Traceback" not in line
+
+
+def test_edit_script_that_raises_names_its_params_and_their_types(case):
+    case.script("index.py", "def edit(ck, factor, heads):\n    ck['embed'][int(factor)]\n")
+    case.freeze()
+    line = case.refused(case.run("--param", "factor=abc", "--param", "heads=[0, 1]", script="index.py"),
+                        "index.py:2", "ValueError", "factor='abc' (str)", "heads=[0, 1] (list)")
+    assert line.count("(params:") == 1
 
 
 def test_edit_script_that_exits_early_is_not_a_success(case):

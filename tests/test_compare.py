@@ -8,9 +8,10 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from surgeon import compare as cmp
-from surgeon.compare import CompareError, Stage, expand_arm, parse_arm
-from surgeon.task import Task
+from surgeon.study import arms as cmp
+from surgeon.study.arms import CompareError, Stage, expand_arm, parse_arm
+from surgeon.study.report import reading
+from surgeon.study.task import Task
 
 TASK = {
     "name": "eiffel",
@@ -23,7 +24,7 @@ TASK = {
 }
 
 SCALE = '''
-from surgeon.task import Task
+from surgeon.study.task import Task
 
 
 def edit(ck, task, factor=1.0):
@@ -114,12 +115,15 @@ def test_report_reading_names_winners_and_losses():
                 "cost": {"wall_s": wall, "params_changed": changed, "peak_rss_mb": 1, "bytes_written": 0, "notes": []}}
 
     report = {"arms": [row("none", 0, 0, 0, 1, 0, changed=0), row("rome", 1, 1, 0.002, 1, 30),
-                       row("lora", 1, 0.5, 0.03, 0.8, 6)]}
-    text = cmp.reading(report)
-    assert "Best efficacy: rome, lora" in text
-    assert "Best generalisation (held-out prompts): rome (1.00" in text
-    assert "Least collateral damage on neutral text: rome (KL 0.0020); most: lora (KL 0.0300)" in text
-    assert "Changed the top-1 answer on specificity prompts: lora (0.80)" in text
+                       row("lora", 1, 0.5, 0.03, 0.8, 6), row("late", 1, 1, 0.1, 0.0, 9)],
+              "counts": {"specificity": 5}}
+    text = reading(report)
+    assert "Best efficacy: rome, lora, late" in text
+    assert "Best generalisation (held-out prompts): rome, late (1.00" in text
+    assert "Least collateral damage on neutral text: rome (KL 0.0020); most: late (KL 0.1000)" in text
+    # counts, not a bare share that reads like a damage rate: 0.00 kept is 5 of 5 changed
+    assert "Changed the top-1 answer on specificity prompts: lora (changed 1/5 (kept 0.80)), " \
+           "late (changed 5/5 (kept 0.00))" in text
     assert "Cheapest: lora (6.0 s" in text
 
 
@@ -160,3 +164,56 @@ def test_bad_arms_and_empty_tasks_are_refused_before_anything_runs(tiny, tmp_pat
                                     "--arm", "none", "--arm", arm])
     assert res.exit_code == 2 and message in res.output, res.output
     assert not out.exists()
+
+
+NOOP = '''
+import time
+
+
+def edit(ck, seconds=0.0):
+    time.sleep(seconds)
+    print("noop edit done", flush=True)
+'''
+
+
+def test_a_trivial_arm_reports_its_own_peak_memory_not_the_parents(tiny, tmp_path):
+    """Each arm's peak RSS is the child's own (VmHWM), not the high-water mark it inherits from a big parent."""
+    from surgeon.study.compare import compare
+
+    ballast = bytearray(1_200_000_000)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page: the parent is now > 1.2 GB resident
+    (tmp_path / "task.json").write_text(json.dumps(TASK))
+    (tmp_path / "noop.py").write_text(NOOP)
+    report = compare(tmp_path / "task.json", tiny("llama"), [f"noop=edit:{tmp_path / 'noop.py'}"],
+                     tmp_path / "report", progress=False)
+    peak = report["arms"][0]["cost"]["peak_rss_mb"]
+    assert 50 < peak < 800, peak  # torch + transformers + a tiny model; the inherited value would be > 1200
+    del ballast
+
+
+def test_compare_streams_each_arms_progress_and_a_heartbeat_with_the_log_path(tiny, tmp_path, monkeypatch, capsys):
+    from surgeon.study import compare as cmp_mod
+
+    monkeypatch.setattr(cmp_mod, "HEARTBEAT_S", 0.5)
+    (tmp_path / "task.json").write_text(json.dumps(TASK))
+    (tmp_path / "noop.py").write_text(NOOP)
+    cmp_mod.compare(tmp_path / "task.json", tiny("llama"), [f"slow=edit:{tmp_path / 'noop.py'} seconds=6"],
+                    tmp_path / "report")
+    err = capsys.readouterr().err
+    assert "compare: arm 1/1 slow:" in err
+    assert "slow | noop edit done" in err  # the child's own output, as it happens
+    log = tmp_path / "report" / "arms" / "slow.log"
+    assert "slow | still running" in err and str(log) in err  # a quiet child is reported, with where to look
+    assert "compare: arm slow: made in" in err
+
+
+def test_report_md_names_the_layers_that_layers_auto_resolved_to():
+    from surgeon.study.report import markdown
+
+    row = {"name": "located", "spec": "lora layers=auto", "error": None,
+           "stages": [{"kind": "lora", "script": None, "params": {"layers": [11, 12, 13, 17], "layers_from": "auto"}}],
+           "metrics": {"efficacy": 1.0}, "cost": {"wall_s": 1.0, "peak_rss_mb": 300, "params_changed": 5,
+                                                  "bytes_written": 0, "notes": []}}
+    md = markdown({"task": "t", "model": "/m", "arms": [row], "reading": "", "threads": 1,
+                   "counts": {"efficacy": 1, "generalisation": 0, "specificity": 0, "neutral": 0, "train": 1}})
+    assert "- `located`: `lora layers=auto` (layers=auto resolved to 11-13,17)" in md

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 import surgeon
 from surgeon.cli import main
-from surgeon.diff import delta_stats, diff, effective_rank, format_table, rounding_floor
 from surgeon.edits.algebra import scale
 from surgeon.edits.tokens import add_tokens
+from surgeon.io.diff import delta_stats, diff, effective_rank, format_table, rounding_floor
 
 
 def _low_rank(shape, rank, seed=0):
@@ -120,7 +120,7 @@ def test_cli_diff_table_json_and_plot(smollm2, tmp_path):
 
 
 def test_checkpoints_of_different_families_are_refused_unless_asked(tiny):
-    from surgeon.diff import DiffError
+    from surgeon.io.diff import DiffError
 
     with pytest.raises(DiffError, match=r"not a version of .*\(llama with 21 tensors vs gemma3_text with 28.*--unrelated"):
         diff(tiny("llama"), tiny("gemma3_text"))

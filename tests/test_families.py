@@ -2,7 +2,7 @@
 
 1. Coverage: every tensor that ``save_pretrained`` writes gets a role, and
    ``surgeon inspect`` (the CLI) reports it.
-2. Data: every field of each ``surgeon/architectures/*.json`` is used by a real
+2. Data: every field of each ``surgeon/roles/architectures/*.json`` is used by a real
    tensor and every config key it names exists in the transformers config class.
 3. Behaviour: a role *is* what it says, shown through the public API only
    (``ck[key] = ...``, save, :func:`surgeon.runtime.load`). Zeroing ``attn.q``
@@ -244,7 +244,7 @@ def test_gpt2_base_model_views_reach_the_loaded_modules(tiny):
 
 
 def test_a_malformed_table_is_refused_naming_the_field():
-    doc = json.loads((resources.files("surgeon.architectures") / "llama.json").read_text())
+    doc = json.loads((resources.files("surgeon.roles.architectures") / "llama.json").read_text())
     Architecture.from_json("llama", doc)
     with pytest.raises(ArchitectureError, match="llama.json: unknown field 'head_split'"):
         Architecture.from_json("llama", {**doc, "head_split": True})
@@ -518,7 +518,7 @@ def test_unknown_family_opens_by_raw_names_and_refuses_roles(unknown):
     ck = surgeon.open(unknown)
     assert ck["model.layers.0.mlp.down_proj.weight"].shape == (64, 128)
     with pytest.raises(UnknownArchitecture) as err:
-        ck.roles
+        _ = ck.roles
     msg = str(err.value)
     assert "\n" not in msg and "'frobnicator'" in msg
     assert all(mt in msg for a in architectures().values() for mt in a.model_types)

@@ -8,17 +8,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from surgeon.checkpoint import open_checkpoint
-from surgeon.finetune import (
-    FinetuneConfig,
-    FinetuneError,
-    _batches,
-    _encode,
-    finetune,
-    parse_layers,
-    target_keys,
-)
-from surgeon.task import Task
+from surgeon.io.checkpoint import open_checkpoint
+from surgeon.study.config import FinetuneConfig, FinetuneError, parse_layers
+from surgeon.study.finetune import _batches, _encode, finetune, target_keys
+from surgeon.study.task import Task
 
 PROMPT = "The Eiffel Tower is located in the city of"
 TASK = Task.from_dict({

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 import surgeon
-from surgeon import measure
-from surgeon.locate import locate
 from surgeon.runtime import load
-from surgeon.task import Task
+from surgeon.study import measure
+from surgeon.study.locate import locate
+from surgeon.study.task import Task
 
 FULL = json.loads((Path(__file__).parent.parent / "examples" / "prereform_orthography" / "task.json")
                   .read_text(encoding="utf-8"))

@@ -6,14 +6,14 @@ import re
 
 import pytest
 
-from surgeon.locate import (
+from surgeon.study.locate import (
     LocateError,
     contiguous_range,
     locate,
     suggest_layers,
     suggested_layers,
 )
-from surgeon.task import Task
+from surgeon.study.task import Task
 
 FACT = {
     "name": "eiffel-rome",
@@ -41,7 +41,14 @@ def rt(smollm2):
 
 @pytest.fixture(scope="module")
 def fact_map(rt):
-    return locate(rt, Task.from_dict(FACT), method="both", examples=1, corrupt="noise")
+    """Patched at the last token (the pre-subject default), to compare with subject-position tracing."""
+    return locate(rt, Task.from_dict(FACT), method="both", examples=1, corrupt="noise", position="last")
+
+
+@pytest.fixture(scope="module")
+def fact_subject_map(rt):
+    """The defaults on a fact task: noise on the subject, restored at the subject's last token."""
+    return locate(rt, Task.from_dict(FACT), method="patch", examples=1)
 
 
 def test_gradient_scores_are_non_negative_and_add_up_to_the_total(rt, fact_map):
@@ -72,9 +79,38 @@ def test_restoring_the_last_residual_recovers_the_clean_run(rt, fact_map):
     assert abs(r.patch[0][0]) < 0.2
 
 
+def test_fact_tasks_are_patched_at_the_subjects_last_token_where_the_early_layers_carry_the_fact(rt, fact_map,
+                                                                                                  fact_subject_map):
+    """Causal tracing's early site (Meng et al. 2022): restored at the subject's last token, the MLP/attention
+    recovery sits in the early and middle layers; restored at the last token it only appears at the top."""
+    r = fact_subject_map
+    assert r.patch_mode == "noise" and r.patch_position == "subject"
+    assert [(w["kind"], w["subject"], w["token"], w["index"]) for w in r.patch_positions] == \
+        [("subject", "The Eiffel Tower", " Tower", 3)]  # The| E|iff|el| Tower: SmolLM2 adds no BOS
+    a_subj, b_subj = (int(x) for x in r.suggested_by["patch"].split("-"))
+    a_last, _ = (int(x) for x in fact_map.suggested_by["patch"].split("-"))
+    assert a_subj < 15 <= a_last, (r.suggested_by, fact_map.suggested_by)
+    # the subject's residual restored early brings most of the answer back; at the top it no longer can
+    assert r.patch[0][0] > 0.5 and r.patch[-1][0] < 0.2
+    doc = r.to_dict()["patch"]
+    assert doc["layers"] == r.suggested_by["patch"] and doc["position"] == "subject"
+    assert doc["positions"][0]["token"] == " Tower"
+
+
+def test_text_map_has_a_legend_each_methods_range_and_the_positions(fact_map, fact_subject_map):
+    text = fact_map.text()
+    assert "legend: gradient cells" in text and "legend: patching" in text and "▶ = suggested layers" in text
+    assert f"layers by gradient attribution: {fact_map.suggested_by['grad']}" in text
+    assert f"layers by activation patching (noise, at the last token): {fact_map.suggested_by['patch']}" in text
+    assert "last token ' of' (#9 of 10)" in text
+    assert f"suggested layers: {fact_map.suggested_layers} " in text
+    sub = fact_subject_map.text()
+    assert "restored at the subject's last token" in sub and "' Tower' (#3 of 10)" in sub
+
+
 def test_contrast_patching_traces_the_spelling_convention(rt):
     r = locate(rt, Task.from_dict(BRITISH), method="patch", examples=1)
-    assert r.patch_mode == "contrast" and r.grad is None
+    assert r.patch_mode == "contrast" and r.patch_position == "last" and r.grad is None
     assert r.patch_clean_p > r.patch_corrupt_p  # British context makes " grey" likelier
     assert r.patch[-1][0] == pytest.approx(1.0, abs=1e-3)
     assert all(math.isfinite(v) for row in r.patch for v in row)

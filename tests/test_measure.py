@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
-import sys
 import types
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from surgeon import measure
 from surgeon.runtime import load
-from surgeon.task import Task
+from surgeon.study import measure
+from surgeon.study import task as task_module
+from surgeon.study.task import Task
 
 NEUTRAL = [
     "The library opens at nine in the morning and closes at six in the evening on weekdays.",
@@ -110,7 +110,7 @@ def test_multi_token_target_probability_is_the_sequence_probability(rt, ref):
 
 
 def test_spelling_rate_counts_generations_with_the_tasks_rule_set(rt, monkeypatch):
-    """Plumbing: generations from the task's prompts go to surgeon.spelling.get(rules).rate()."""
+    """Plumbing: generations from the task's prompts go to surgeon.study.spelling.get(rules).rate()."""
     seen = {}
 
     class Rules:
@@ -118,12 +118,10 @@ def test_spelling_rate_counts_generations_with_the_tasks_rule_set(rt, monkeypatc
             seen["texts"] = texts
             return sum("Paris" in t for t in texts) / len(texts)
 
-    fake = types.ModuleType("surgeon.spelling")
+    fake = types.ModuleType("surgeon.study.spelling")
     fake.get = lambda name: seen.setdefault("name", name) and Rules()
-    monkeypatch.setitem(sys.modules, "surgeon.spelling", fake)
-    import surgeon
-
-    monkeypatch.setattr(surgeon, "spelling", fake, raising=False)
+    monkeypatch.setattr(measure, "spelling", fake)
+    monkeypatch.setattr(task_module, "spelling", fake)  # the task file checks its rule set's name too
     task = Task.from_dict({"name": "s", "spelling": {"rules": "paris", "prompts": ["The capital of France is"],
                                                      "max_new_tokens": 4}})
     ref = measure.reference(rt, task)

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 import surgeon
-from surgeon.diff import diff
-from surgeon.edits.covariance import cache_key, corpus_rows, key_covariance, neutral_paragraphs
+from surgeon.data import neutral_paragraphs
+from surgeon.edits.covariance import cache_key, corpus_rows, key_covariance
 from surgeon.edits.rome import RankOneParams, RankOneRequest, rank_one
 from surgeon.errors import EditError
+from surgeon.io.diff import diff
 from surgeon.runtime import load
 
 LAYER = 6

@@ -4,7 +4,7 @@ from importlib import resources
 
 import pytest
 
-from surgeon.spelling import SpellingError, get
+from surgeon.study.spelling import SpellingError, get
 
 RU = get("prereform_ru")
 GB = get("en_gb")

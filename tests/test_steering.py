@@ -268,7 +268,7 @@ def test_ablation_is_exact_through_post_norm_gains(tiny, family, tmp_path):
 def test_example_scripts_bake_and_ablate_a_saved_vector(smollm2, happy, tmp_path, script, params, keys):
     from pathlib import Path
 
-    from surgeon.apply import apply
+    from surgeon.edits.apply import apply
 
     vec = happy.save(tmp_path / "happy.safetensors")
     plan = apply(Path(__file__).parent.parent / "examples" / script, smollm2, dry_run=True,

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import surgeon
-from surgeon.shards import read_header, sha256_range, write_shard
+from surgeon.io.shards import read_header, sha256_range, write_shard
 
 MB = 1 << 20
 CONFIG = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=8, num_attention_heads=8,
@@ -37,7 +37,7 @@ def hwm_kb():
 if sys.argv[1] == "block":
     sys.modules["transformers"] = None  # any import of transformers now raises ImportError
 from surgeon.cli import main
-import surgeon.apply, surgeon.save, surgeon.diff  # imported before the baseline is taken
+import surgeon.edits.apply, surgeon.io.save, surgeon.io.diff  # imported before the baseline is taken
 import torch
 w = torch.randn(256, 256).to(torch.bfloat16)  # touch the kernels' code pages (file-backed RSS) first
 assert torch.isfinite((w.float() * 1.01).to(torch.bfloat16)).all()
@@ -198,8 +198,8 @@ def three_shards(tmp_path, tiny):
 
 
 def _prefetch_run(tmp_path, src, monkeypatch, name, **params):
-    from surgeon import save as save_mod
-    from surgeon.apply import apply
+    from surgeon.edits.apply import apply
+    from surgeon.io import prefetch as save_mod
 
     copied = []
     real = save_mod._copy_whole

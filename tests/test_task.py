@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from surgeon.task import Example, Probe, Task, TaskError
+from surgeon.study.task import Example, Probe, Task, TaskError
 
 ROOT = Path(__file__).resolve().parent.parent
 FACTS = ROOT / "examples" / "fact_edit" / "facts.json"

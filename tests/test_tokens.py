@@ -161,7 +161,7 @@ def test_bad_inputs_name_the_token(smollm2):
 def test_example_script_adds_tokens(smollm2):
     from pathlib import Path
 
-    from surgeon.apply import apply
+    from surgeon.edits.apply import apply
 
     plan = apply(Path(__file__).parent.parent / "examples" / "add_tokens.py", smollm2, dry_run=True,
                  params={"tokens": ["ѣ", "colour"], "init": "vocab_mean"})

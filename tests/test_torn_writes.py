@@ -30,8 +30,8 @@ import torch
 from reshard import reshard
 
 import surgeon
-from surgeon.save import TMP_MARK
-from surgeon.shards import sha256_range
+from surgeon.io.atomic import TMP_MARK
+from surgeon.io.shards import sha256_range
 
 RUNS = 50
 SEED = 20261129
@@ -50,7 +50,7 @@ def edit(ck):
 LAUNCHER = r"""
 import json, os, signal, sys, time
 from surgeon.cli import main
-import surgeon.apply, surgeon.save, surgeon.diff, surgeon.summary  # imported once, before the forks
+import surgeon.edits.apply, surgeon.io.save, surgeon.io.diff, surgeon.roles.summary  # imported once, before the forks
 for line in sys.stdin:
     job = json.loads(line)
     t0 = time.perf_counter()
@@ -192,7 +192,7 @@ def test_sigkill_during_apply_leaves_the_output_absent_or_complete(sharded, tmp_
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux-only")
 def test_overwrite_exchanges_the_directories_in_one_step(tiny, tmp_path, monkeypatch):
     """--overwrite never renames the old output away first (the window where it would be absent)."""
-    import surgeon.save as save_mod
+    import surgeon.io.atomic as save_mod
 
     out = tmp_path / "out"
     ck = surgeon.open(tiny("llama"))

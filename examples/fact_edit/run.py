@@ -39,8 +39,8 @@ def main() -> int:
     a = ap.parse_args()
     out = a.out.absolute()
 
-    from surgeon.compare import compare
     from surgeon.fixtures import fixture
+    from surgeon.study.compare import compare
 
     os.chdir(ROOT)
     arms = [x for x in ARMS if not a.quick or x.split("=")[0] in ("none", "rome", "lora_0-6")]

@@ -9,7 +9,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from surgeon.spelling import spelling_task
+from surgeon.study.spelling import spelling_task
 
 HERE = Path(__file__).parent
 

@@ -3,7 +3,7 @@
     python table.py report [another_report ...]
 
 The spelling rate is recomputed from the generations each report stores, by
-the task's rule set (``surgeon.spelling``), and split by rule; ``over`` counts
+the task's rule set (``surgeon.study.spelling``), and split by rule; ``over`` counts
 words carrying target-convention marks the rules would not put there
 (``многоъ``), which count as misses. Rows from later directories replace rows
 of the same name from earlier ones ("none" is the same original in each).
@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from surgeon.spelling import get
+from surgeon.study.spelling import get
 
 
 def rows(dirs):

@@ -22,7 +22,7 @@ def edit(ck, task, rules="prereform_ru", words=400, boost=0.1):
     from transformers import AutoTokenizer
 
     from surgeon.edits.tokens import add_tokens
-    from surgeon.spelling import get
+    from surgeon.study.spelling import get
 
     rs = get(rules)
     doc = json.loads(Path(task).read_text(encoding="utf-8"))

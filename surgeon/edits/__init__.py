@@ -6,11 +6,11 @@ steering    extract a direction; steer at run time; bake_additive as a bias; abl
 algebra     scale, add, interpolate, transplant, zero_heads
 """
 
-from .algebra import add, interpolate, scale, select, transplant, zero_heads
-from .covariance import key_covariance
-from .rome import RankOneParams, RankOneRequest, RankOneResult, rank_one
-from .steering import SteeringVector, ablate, bake_additive, extract, steer
-from .tokens import TokensAdded, add_tokens
+from surgeon.edits.algebra import add, interpolate, scale, select, transplant, zero_heads
+from surgeon.edits.covariance import key_covariance
+from surgeon.edits.rome import RankOneParams, RankOneRequest, RankOneResult, rank_one
+from surgeon.edits.steering import SteeringVector, ablate, bake_additive, extract, steer
+from surgeon.edits.tokens import TokensAdded, add_tokens
 
 __all__ = [
     "RankOneParams", "RankOneRequest", "RankOneResult", "SteeringVector", "TokensAdded",

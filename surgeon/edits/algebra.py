@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import EditError, RoleError
+from surgeon.errors import EditError, RoleError
+from surgeon.io.checkpoint import open_checkpoint
 
 # ------------------------------------------------------------------ selection
 
@@ -81,8 +82,6 @@ def _whole(ck, name):
 
 def _open(other):
     if isinstance(other, (str, Path)):
-        from ..checkpoint import open_checkpoint
-
         return open_checkpoint(other)
     return other
 
@@ -104,12 +103,14 @@ def _check_pairs(ck, other, pairs: dict[str, str]) -> None:
 @contextmanager
 def _all_or_nothing(ck):
     """Undo this operation's staged tensors if any of them fails (overflow on cast, ...)."""
-    saved = dict(ck.staged)
+    saved, rows = dict(ck.staged), dict(ck.patches)  # set() replaces a tensor's row patches, never mutates them
     try:
         yield
     except BaseException:
         ck.staged.clear()
         ck.staged.update(saved)
+        ck.patches.clear()
+        ck.patches.update(rows)
         raise
 
 

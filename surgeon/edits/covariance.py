@@ -9,7 +9,10 @@ property of (model weights up to that layer, text), so it is computed once
 and cached on disk.
 
 Cost: only layers 0..l run (the forward stops with a private exception as soon
-as layer l's keys are captured), in batches of packed token rows.
+as layer l's keys are captured), in batches of packed token rows; without a
+runtime to reuse, only layers 0..l are loaded (``load(ck, layers=l + 1)``).
+kᵀk is accumulated in float64 on the device layer l runs on and moved to the
+CPU once.
 
 Cache key (sha256), chosen over shard headers + config because a header says
 nothing about the values (a fine-tune with identical shapes and offsets would
@@ -25,16 +28,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
 
-CORPUS = "neutral_en.txt"
-EVAL_PARAGRAPHS = 20  # the corpus's last paragraphs: held out for measurement, never used for C
+from surgeon.data import neutral_paragraphs
+from surgeon.errors import EditError
+from surgeon.io.atomic import atomic_file, cache_dir
+from surgeon.runtime import bos_id, load
+
 _VERSION = "c1"  # bump when the computation changes
 
 
@@ -58,23 +62,6 @@ class Covariance:
 # --------------------------------------------------------------------- corpus
 
 
-def neutral_paragraphs(part: str = "fit") -> list[str]:
-    """Paragraphs of the shipped neutral English corpus (``surgeon/data/neutral_en.txt``).
-
-    ``part``: ``"fit"`` (for C and for edit prefixes), ``"eval"`` (the last
-    :data:`EVAL_PARAGRAPHS`, for measuring KL on text C never saw) or ``"all"``.
-    """
-    text = resources.files("surgeon").joinpath("data", CORPUS).read_text(encoding="utf-8")
-    paras = [p.strip() for p in text.split("\n\n") if p.strip()]
-    if part == "all":
-        return paras
-    if part == "fit":
-        return paras[:-EVAL_PARAGRAPHS]
-    if part == "eval":
-        return paras[-EVAL_PARAGRAPHS:]
-    raise ValueError(f"part must be 'fit', 'eval' or 'all', not {part!r}")
-
-
 def corpus_rows(tokenizer, tokens: int, seq_len: int = 128, texts: list[str] | None = None) -> torch.Tensor:
     """Token rows (n, seq_len) packed from ``texts`` (default: the fit part of the corpus).
 
@@ -84,8 +71,7 @@ def corpus_rows(tokenizer, tokens: int, seq_len: int = 128, texts: list[str] | N
     """
     texts = neutral_paragraphs("fit") if texts is None else texts
     ids = tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"]
-    probe = tokenizer("a")["input_ids"]
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id else None
+    bos = bos_id(tokenizer)
     body = seq_len - (bos is not None)
     n = min(tokens, len(ids)) // body
     if n == 0:
@@ -129,8 +115,6 @@ def _influences(ck, name: str, layer: int) -> bool:
 
 
 def cache_path(key: str) -> Path:
-    from ..fixtures import cache_dir
-
     return cache_dir() / "covariance" / f"{key}.safetensors"
 
 
@@ -149,16 +133,13 @@ def key_covariance(ck, layer: int, *, tokens: int = 20_000, seq_len: int = 128, 
     Loaded from ``$SURGEON_CACHE/covariance/`` when the same weights and tokens
     were seen before; otherwise computed (running layers 0..layer only) and
     stored. ``runtime``: an already loaded :class:`surgeon.runtime.Runtime` of
-    ``ck`` (saves a model load).
+    ``ck`` (saves a model load); without one, only layers 0..layer are built.
     """
     from tqdm.auto import tqdm
 
-    from ..runtime import load
-    from ..errors import EditError
-
     if not 0 <= layer < ck.num_layers:
         raise EditError(f"layers.{layer}.mlp.down: layer out of range (model has {ck.num_layers} layers)")
-    rt = runtime if runtime is not None else load(ck)
+    rt = runtime if runtime is not None else load(ck, layers=layer + 1)
     rows = corpus_rows(rt.tokenizer, tokens, seq_len, texts)
     key = cache_key(ck, layer, rows)
     path = cache_path(key)
@@ -193,7 +174,7 @@ def key_covariance(ck, layer: int, *, tokens: int = 20_000, seq_len: int = 128, 
             count += x.numel()
             bar.update(x.numel())
     bar.close()
-    matrix = acc / count
+    matrix = (acc / count).cpu()
     seconds = time.perf_counter() - t0
     if use_cache:
         _store(path, matrix, {"layer": str(layer), "tokens": str(count), "seq_len": str(seq_len),
@@ -205,7 +186,5 @@ def _store(path: Path, matrix: torch.Tensor, meta: dict) -> None:
     """Atomic write: a reader never sees a half-written C."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"covariance": matrix.contiguous()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file({"covariance": matrix.contiguous()}, str(tmp), metadata=meta)

@@ -40,7 +40,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..errors import EditError
+from surgeon.data import neutral_paragraphs
+from surgeon.edits.covariance import Covariance, key_covariance
+from surgeon.errors import EditError
+from surgeon.runtime import load
 
 
 @dataclass
@@ -106,13 +109,45 @@ def rank_one(ck, request: RankOneRequest, *, layer: int | None = None, covarianc
     it by causal tracing). ``runtime``: a loaded Runtime of ``ck`` to reuse; it
     is kept in sync with the edit. The edit is staged in ``ck`` and recorded.
     """
-    from ..runtime import load
-    from .covariance import Covariance, key_covariance
-
     t0 = time.perf_counter()
     p = params or RankOneParams()
     layer = ck.num_layers // 5 if layer is None else layer
     key = f"layers.{layer}.mlp.down"
+    covariance = _check(ck, request, key, layer, covariance)
+    rt = runtime if runtime is not None else load(ck)
+    batch = RewriteBatch.build(rt.tokenizer, request, p, key)
+    p_before = float(rt.continuation_logprob([request.prompt], [request.target])[0].exp())
+
+    W = ck[key]
+    k_star, top = compute_key(rt, key, batch, layer if p.resume else 0)
+    wk = W @ k_star  # W k*: what the memory returns for k* today
+    t_v = time.perf_counter()
+    delta, steps, p_opt = optimise_value(rt, key, top, batch, wk, p)
+    del top
+    v_star = wk + delta
+    seconds_v = time.perf_counter() - t_v
+
+    C, cov_info, c_seconds = _second_moment(ck, layer, covariance, p, rt)
+    delta_w = insert(W, k_star, v_star, C)
+    ck[key] = W + delta_w
+    stored = ck[key] - W
+    rt.sync(key)
+    p_after = float(rt.continuation_logprob([request.prompt], [request.target])[0].exp())
+    result = RankOneResult(
+        key=key, layer=layer, covariance=cov_info, p_before=p_before, p_after=p_after, p_optimised=p_opt,
+        steps=steps, delta_norm=float(delta_w.norm()), relative=float(delta_w.norm() / W.norm()),
+        stored_delta_norm=float(stored.norm()), rounding_error=float((stored - delta_w).norm() / delta_w.norm()),
+        seconds=time.perf_counter() - t0 - c_seconds, seconds_v=seconds_v, k_star=k_star, v_star=v_star,
+        delta_w=delta_w,
+    )
+    ck.record("rome", key=key, layer=layer, subject=request.subject, prompt=request.prompt, target=request.target,
+              covariance=cov_info, p_before=round(p_before, 4), p_after=round(p_after, 4),
+              relative_change=round(result.relative, 5), steps=steps, params=_jsonable(asdict(p)))
+    return result
+
+
+def _check(ck, request: RankOneRequest, key: str, layer: int, covariance):
+    """Refuse what cannot work before any forward pass; a raw covariance becomes a tensor."""
     if key not in ck:
         raise EditError(f"{key}: no such tensor in {ck.path} (rank-one edits need mlp.down)")
     if request.subject not in request.prompt:
@@ -126,77 +161,105 @@ def rank_one(ck, request: RankOneRequest, *, layer: int | None = None, covarianc
         d = ck.shape(key)[1]
         if covariance.shape != (d, d):
             raise EditError(f"{key}: covariance of shape {tuple(covariance.shape)} does not match keys of size {d}")
-    rt = runtime if runtime is not None else load(ck)
-    tok = rt.tokenizer
-    target_ids = tok(request.target, add_special_tokens=False)["input_ids"]
-    if not target_ids:
-        raise EditError(f"{key}: target {request.target!r} is empty after tokenisation")
+    return covariance
 
-    p_before = float(rt.continuation_logprob([request.prompt], [request.target])[0].exp())
 
-    # -- the batch: prefixed prompts (+ target but its last token), then the KL prompts
-    prefixes = [""] + corpus_prefixes(p.n_prefixes, p.prefix_words, p.seed)
-    texts = [pre + request.prompt for pre in prefixes] + [k.format(request.subject) for k in p.kl_prompts]
-    n_rw = len(prefixes)
-    rows, subj = [], []
-    for i, text in enumerate(texts):
-        start = len(prefixes[i]) if i < n_rw else 0
-        subj.append(_last_subject_token(tok, text, request.subject, start))
-        rows.append(tok(text)["input_ids"] + (target_ids[:-1] if i < n_rw else []))
-    ids, mask, offset = _left_pad(rows, tok.pad_token_id)
-    subj_col = torch.tensor([o + s for o, s in zip(offset, subj)])
-    last_col = torch.tensor([len(r) - 1 + o for r, o in zip(rows, offset)])
-    split = int(subj_col.min()) if p.resume else 0
-    start_layer = layer if p.resume else 0
+@dataclass
+class RewriteBatch:
+    """The prompts of one request in one left-padded batch: ``n_rw`` prefixed copies of the prompt
+    (each followed by the target but its last token), then the KL prompts ("{subject} is a").
 
-    # positions whose logits a loss reads: each target token of each rewriting row, the last of each KL row
-    nll_r, nll_c, nll_t = [], [], []
-    for i in range(n_rw):
-        first = last_col[i] - (len(target_ids) - 1)  # predicts target_ids[0]
-        for j, t in enumerate(target_ids):
-            nll_r.append(i), nll_c.append(int(first) + j - split), nll_t.append(t)
-    kl_r = torch.arange(n_rw, len(texts))
-    kl_c = last_col[n_rw:] - split
-    sel_r = torch.cat([torch.tensor(nll_r), kl_r])
-    sel_c = torch.cat([torch.tensor(nll_c), kl_c])
-    nll_t = torch.tensor(nll_t)
-    n_nll = len(nll_r)
+    ``subj_col``/``last_col``: each row's column of the subject's last token and of its last token;
+    ``nll_r/c/t``: (row, column, token) of every target token the NLL reads; ``kl_c``: the
+    column whose next-token distribution the KL term holds still, for each KL row.
+    """
 
-    # -- k*: mean key at the subject's last token over the prefixed prompts
-    W = ck[key]
-    at = subj_col - split
+    ids: torch.Tensor
+    mask: torch.Tensor
+    n_rw: int
+    subj_col: torch.Tensor
+    last_col: torch.Tensor
+    nll_r: torch.Tensor
+    nll_c: torch.Tensor
+    nll_t: torch.Tensor
+    kl_c: torch.Tensor
+    split: int  # columns before this are the same at every step (the prefix KV cache)
+
+    @classmethod
+    def build(cls, tok, request: RankOneRequest, p: RankOneParams, key: str) -> RewriteBatch:
+        target_ids = tok(request.target, add_special_tokens=False)["input_ids"]
+        if not target_ids:
+            raise EditError(f"{key}: target {request.target!r} is empty after tokenisation")
+        prefixes = [""] + corpus_prefixes(p.n_prefixes, p.prefix_words, p.seed)
+        texts = [pre + request.prompt for pre in prefixes] + [k.format(request.subject) for k in p.kl_prompts]
+        n_rw = len(prefixes)
+        rows, subj = [], []
+        for i, text in enumerate(texts):
+            subj.append(_last_subject_token(tok, text, request.subject, len(prefixes[i]) if i < n_rw else 0))
+            rows.append(tok(text)["input_ids"] + (target_ids[:-1] if i < n_rw else []))
+        ids, mask, offset = _left_pad(rows, tok.pad_token_id)
+        subj_col = torch.tensor([o + s for o, s in zip(offset, subj)])
+        last_col = torch.tensor([len(r) - 1 + o for r, o in zip(rows, offset)])
+        split = int(subj_col.min()) if p.resume else 0
+        nll_r, nll_c, nll_t = [], [], []
+        for i in range(n_rw):
+            first = int(last_col[i]) - (len(target_ids) - 1)  # the column that predicts target_ids[0]
+            for j, t in enumerate(target_ids):
+                nll_r.append(i), nll_c.append(first + j - split), nll_t.append(t)
+        return cls(ids, mask, n_rw, subj_col, last_col, torch.tensor(nll_r), torch.tensor(nll_c),
+                   torch.tensor(nll_t), last_col[n_rw:] - split, split)
+
+    @property
+    def rows(self) -> int:
+        return self.ids.shape[0]
+
+
+def compute_key(rt, key: str, batch: RewriteBatch, start_layer: int):
+    """k* = the mean input of ``mlp.down`` at the subject's last token over the prefixed prompts.
+
+    Returns (k*, top): ``top`` reruns layers ``start_layer``.. of the batch (:meth:`Runtime.resume_from`).
+    """
+    at = batch.subj_col - batch.split
     with _frozen(rt.model), rt.capture([f"{key}.input"]) as store:
-        top = rt.resume_from(start_layer, ids, mask, split=split)
+        top = rt.resume_from(start_layer, batch.ids, batch.mask, split=batch.split)
     keys = store[f"{key}.input"].float()
-    k_star = keys[torch.arange(n_rw), at[:n_rw]].mean(0).cpu()
-    wk = W @ k_star  # W k*: what the memory returns for k* today
+    k_star = keys[torch.arange(batch.n_rw), at[: batch.n_rw]].mean(0).cpu()
+    return k_star, top
 
-    # -- v*: optimise δ added to mlp.down's output at the subject's last token
-    t_v = time.perf_counter()
-    delta = torch.zeros_like(wk, device=rt.device, requires_grad=True)
+
+def optimise_value(rt, key: str, top, batch: RewriteBatch, wk: torch.Tensor, p: RankOneParams):
+    """δ added to ``mlp.down``'s output at the subject's last token, so that the prompts produce the target.
+
+    Loss: NLL of the target over the prefixed prompts + ``kl_weight`` × KL of the
+    next token after the KL prompts + ``weight_decay`` × ‖δ‖²/‖W k*‖²; ‖δ‖ is
+    clamped to ``clamp_norm_factor`` × ‖W k*‖. Returns (δ, steps run, mean P(target) at the end).
+    """
+    dev = rt.device
+    n_nll = len(batch.nll_r)
+    sel_r = torch.cat([batch.nll_r, torch.arange(batch.n_rw, batch.rows)]).to(dev)
+    sel_c = torch.cat([batch.nll_c, batch.kl_c]).to(dev)
+    nll_t = batch.nll_t.to(dev).view(-1, 1)
+    r_all, c_all = torch.arange(batch.rows, device=dev), (batch.subj_col - batch.split).to(dev)
+    delta = torch.zeros_like(wk, device=dev, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=p.lr)
     max_norm = p.clamp_norm_factor * wk.norm()
-    r_all = torch.arange(len(texts), device=rt.device)
-    c_all = at.to(rt.device)
 
-    def add_delta(out):
-        return out.index_put((r_all, c_all), delta.to(out.dtype).expand(len(texts), -1), accumulate=True)
+    def add_delta(out):  # layer l may sit on another device than the inputs (device_map)
+        idx = (r_all.to(out.device), c_all.to(out.device))
+        return out.index_put(idx, delta.to(out.device, out.dtype).expand(batch.rows, -1), accumulate=True)
 
-    sel_r, sel_c = sel_r.to(rt.device), sel_c.to(rt.device)
     with _frozen(rt.model), torch.enable_grad():
         with torch.no_grad():
             base = torch.log_softmax(top.run(top.hidden, sel_r[n_nll:], sel_c[n_nll:]), -1)
         steps, p_opt = 0, 0.0
-        for steps in range(1, p.steps + 1):
+        for steps in range(1, p.steps + 1):  # noqa: B007 - the count after the loop is the result
             opt.zero_grad()
             with rt.patch(key, add_delta):
                 logp = torch.log_softmax(top.run(top.hidden, sel_r, sel_c), -1)
-            tok_lp = logp[:n_nll].gather(1, nll_t.to(rt.device).view(-1, 1)).squeeze(1)
-            nll = -tok_lp.mean()
-            kl = p.kl_weight * torch.nn.functional.kl_div(logp[n_nll:], base, log_target=True, reduction="batchmean")
-            decay = p.weight_decay * delta.norm() ** 2 / wk.norm() ** 2
-            loss = nll + kl + decay
-            p_opt = float(tok_lp.detach().view(n_rw, -1).sum(1).exp().mean())
+            tok_lp = logp[:n_nll].gather(1, nll_t).squeeze(1)
+            kl = torch.nn.functional.kl_div(logp[n_nll:], base, log_target=True, reduction="batchmean")
+            loss = -tok_lp.mean() + p.kl_weight * kl + p.weight_decay * delta.norm() ** 2 / wk.norm() ** 2
+            p_opt = float(tok_lp.detach().view(batch.n_rw, -1).sum(1).exp().mean())
             if loss.item() < p.stop_loss:
                 break
             loss.backward()
@@ -204,39 +267,30 @@ def rank_one(ck, request: RankOneRequest, *, layer: int | None = None, covarianc
             with torch.no_grad():
                 if delta.norm() > max_norm:
                     delta.mul_(max_norm / delta.norm())
-        del top
-    delta = delta.detach().cpu()
-    v_star = wk + delta
-    seconds_v = time.perf_counter() - t_v
+    return delta.detach().cpu(), steps, p_opt
 
-    # -- ΔW = Λ uᵀ, u = C⁻¹k*, Λ = (v* − W k*) / (uᵀk*)
-    c_seconds = 0.0
+
+def insert(W: torch.Tensor, k_star: torch.Tensor, v_star: torch.Tensor, C: torch.Tensor | None) -> torch.Tensor:
+    """ΔW = Λ uᵀ with u = C⁻¹k*, Λ = (v* − W k*) / (uᵀk*): W' k* = v*, least change to other keys under C.
+
+    ``C`` None: u = k* (the identity covariance).
+    """
+    k = k_star.double()
+    u = k if C is None else torch.linalg.solve(C.double(), k)
+    lam = (v_star - W @ k_star).double() / (u @ k)
+    return torch.outer(lam, u).float()
+
+
+def _second_moment(ck, layer: int, covariance, p: RankOneParams, rt):
+    """(C or None for identity, what the manifest records about it, seconds spent computing it)."""
     if isinstance(covariance, str) and covariance == "identity":
-        u, cov_info = k_star.double(), {"source": "identity"}
-    else:
-        if isinstance(covariance, str):  # "corpus"
-            covariance = key_covariance(ck, layer, tokens=p.covariance_tokens, runtime=rt)
-            c_seconds = covariance.seconds
-        C = covariance.matrix if isinstance(covariance, Covariance) else torch.as_tensor(covariance)
-        cov_info = covariance.describe() if isinstance(covariance, Covariance) else {"source": "tensor"}
-        u = torch.linalg.solve(C.double(), k_star.double())
-    lam = (v_star - wk).double() / (u @ k_star.double())
-    delta_w = torch.outer(lam, u).float()
-
-    ck[key] = W + delta_w
-    stored = ck[key] - W
-    rt.sync(key)
-    p_after = float(rt.continuation_logprob([request.prompt], [request.target])[0].exp())
-    result = RankOneResult(
-        key=key, layer=layer, covariance=cov_info, p_before=p_before, p_after=p_after, p_optimised=p_opt,
-        steps=steps, delta_norm=float(delta_w.norm()), relative=float(delta_w.norm() / W.norm()),
-        stored_delta_norm=float(stored.norm()), rounding_error=float((stored - delta_w).norm() / delta_w.norm()),
-        seconds=time.perf_counter() - t0 - c_seconds, seconds_v=seconds_v, k_star=k_star, v_star=v_star, delta_w=delta_w,
-    )
-    ck.record("rome", key=key, layer=layer, subject=request.subject, prompt=request.prompt, target=request.target,
-              covariance=cov_info, p_before=round(p_before, 4), p_after=round(p_after, 4),
-              relative_change=round(result.relative, 5), steps=steps, params=_jsonable(asdict(p)))
-    return result
+        return None, {"source": "identity"}, 0.0
+    if isinstance(covariance, str):  # "corpus": computed (or loaded from the cache) here
+        covariance = key_covariance(ck, layer, tokens=p.covariance_tokens, runtime=rt)
+        return covariance.matrix, covariance.describe(), covariance.seconds
+    if isinstance(covariance, Covariance):
+        return covariance.matrix, covariance.describe(), 0.0
+    return torch.as_tensor(covariance), {"source": "tensor"}, 0.0
 
 
 # -------------------------------------------------------------------- helpers
@@ -244,8 +298,6 @@ def rank_one(ck, request: RankOneRequest, *, layer: int | None = None, covarianc
 
 def corpus_prefixes(n: int, words: tuple[int, ...] = (5, 10), seed: int = 0) -> list[str]:
     """``n`` short openings of corpus sentences, each ending in ". ", lengths cycling through ``words``."""
-    from .covariance import neutral_paragraphs
-
     sentences = [s for para in neutral_paragraphs("fit") for s in re.split(r"(?<=[.!?])\s+", para)]
     rng = random.Random(seed)
     out = []

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import EditError, SurgeonError
+from surgeon.errors import EditError, SurgeonError
+from surgeon.runtime import Runtime, load
 
 SITES = ("residual", "attn.o", "mlp.down")
 METHODS = ("mean_diff", "pca")
@@ -131,8 +132,6 @@ def extract(runtime, positive: list[str], negative: list[str], layer: int, *, me
     difference, which is the signal (RepE shuffles pair order for the same
     reason); its sign is chosen to agree with the mean difference.
     """
-    from ..runtime import Runtime, load
-
     rt = runtime if isinstance(runtime, Runtime) else load(runtime)
     if method not in METHODS:
         raise SteeringError(f"method {method!r}: choose one of {', '.join(METHODS)}")
@@ -173,11 +172,11 @@ def _residuals(rt, texts: list[str], layer: int, position: str, batch_size: int)
         enc = rt.encode(texts[i : i + batch_size])
         with rt.capture([point]) as store:
             rt.model(**enc)
-        h = store[point].float()
+        h = store[point].float().cpu()
         if position == "last":  # left padding: position -1 is every prompt's last token
             out.append(h[:, -1])
         else:
-            m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+            m = enc["attention_mask"].unsqueeze(-1).to(h.device, h.dtype)
             out.append((h * m).sum(1) / m.sum(1))
     return torch.cat(out).cpu()
 
@@ -200,10 +199,10 @@ def steer(runtime, direction, layer: int | None = None, alpha: float = 1.0, *, s
     if vec.numel() != _hidden_size(rt.ck):
         raise SteeringError(f"vector has {vec.numel()} dims; the model's hidden size is {_hidden_size(rt.ck)}")
     point = _site_point(rt.ck, layer, site)
-    add = (alpha * vec).to(rt.device)
+    add = alpha * vec
 
-    def shift(h):
-        return h + add.to(h.dtype)
+    def shift(h):  # the layer's device, which under a device_map need not be the inputs'
+        return h + add.to(h.device, h.dtype)
 
     with rt.patch(point, shift):
         yield rt
@@ -274,7 +273,7 @@ def bake_additive(ck, direction, layer: int | None = None, alpha: float = 1.0, *
         if flag is None:
             raise EditError(
                 f"{key}: {arch.name} checkpoints cannot carry a bias on {role}: transformers has no config flag that "
-                f"adds one (bias_flags in surgeon/architectures/{arch.name}.json)")
+                f"adds one (bias_flags in surgeon/roles/architectures/{arch.name}.json)")
         if ck.config.get(flag):
             raise EditError(f"{key}: config {flag} is already true but the tensor is missing; the checkpoint is inconsistent")
         ck.config[flag] = True
@@ -369,20 +368,20 @@ def written_projection(runtime, texts: list[str], direction, layers) -> dict:
     and position embeddings). The ratio of the two is ~1/√hidden for a
     direction the layer ignores and ~0 after :func:`ablate`.
     """
-    r = _unit(direction).to(runtime.device)
+    r = _unit(direction).cpu()
     points = []
     for layer in layers:
         points += ["layers.0.input"] if layer == "embed" else [f"layers.{layer}.input", f"layers.{layer}"]
     enc = runtime.encode(list(texts))
     with runtime.capture(points) as store:
         runtime.model(**enc)
-    mask = enc["attention_mask"].bool()
+    mask = enc["attention_mask"].bool().cpu()
     out = {}
     for layer in layers:
         if layer == "embed":
-            w = store["layers.0.input"].float()
+            w = store["layers.0.input"].float().cpu()
         else:
-            w = store[f"layers.{layer}"].float() - store[f"layers.{layer}.input"].float()
+            w = store[f"layers.{layer}"].float().cpu() - store[f"layers.{layer}.input"].float().cpu()
         w = w[mask]
         along = (w @ r.float()).pow(2).mean().sqrt().item()
         total = w.norm(dim=-1).pow(2).mean().sqrt().item()

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import EditError
+from surgeon.errors import EditError
 
 INITS = ("subtoken_mean", "vocab_mean", "copy")
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
@@ -175,7 +175,12 @@ def _stage_changed_files(ck, tok, src: Path, out: Path) -> list[str]:
 
 
 def _grow_rows(ck, added, pieces, kind, copy_id, old_len, pad_to_multiple_of) -> tuple[int, int]:
-    """Write the new rows of embed (and an untied head) and update config vocab_size."""
+    """Append the new rows of embed (and an untied head) and update config vocab_size.
+
+    Row-range reads and :meth:`Checkpoint.set_rows`: only the rows an initialisation
+    reads and the new rows are held (a 128k × 8k embedding is never in memory);
+    save() copies the old rows across and appends the new ones.
+    """
     old_rows = ck.shape("embed")[0]
     need = max([old_rows, *(i + 1 for i in added.values())])
     rows = need
@@ -188,32 +193,37 @@ def _grow_rows(ck, added, pieces, kind, copy_id, old_len, pad_to_multiple_of) ->
         keys.append("lm_head.bias")
     real = min(old_len, old_rows)  # rows the old tokenizer can emit; the rest may be junk padding
     for key in keys:
-        old = ck.get(key, dtype=None)  # stored dtype: (vocab, hidden) or (vocab,)
-        if old.shape[0] != old_rows:
-            raise EditError(f"{key}: {old.shape[0]} rows but embed has {old_rows}; cannot grow them together")
-        mean = _mean_rows(old[:real])
-        init = {}
+        if ck.shape(key)[0] != old_rows:
+            raise EditError(f"{key}: {ck.shape(key)[0]} rows but embed has {old_rows}; cannot grow them together")
+        dtype = ck.dtype(key)
+        mean = _mean_rows(ck, key, real)
+        new = mean.to(dtype).expand(rows - old_rows, *mean.shape).clone()
         for t, i in added.items():
-            if kind == "subtoken_mean":
-                init[i] = old[torch.tensor(pieces[t])].float().mean(0)
-            elif kind == "copy":
-                init[i] = old[copy_id].float()
+            if kind == "vocab_mean":
+                row = mean
             else:
-                init[i] = mean
-        new = torch.cat([old, mean.to(old.dtype).expand(rows - old_rows, *old.shape[1:])])
-        del old  # one copy of the matrix at a time
-        for i, row in init.items():
-            new[i] = row.to(new.dtype)
-        ck.set(key, new, resize=True)
+                row = _row(ck, key, pieces[t] if kind == "subtoken_mean" else [copy_id]).mean(0)
+            if i >= old_rows:
+                new[i - old_rows] = row.to(dtype)
+            else:  # an id inside the old padding rows: that row is overwritten
+                ck.set_rows(key, i, row[None])
+        if len(new):
+            ck.set_rows(key, old_rows, new)
         del new
     vkey = ck.architecture.config.get("vocab_size", "vocab_size")
     ck.config[vkey] = rows
     return old_rows, rows
 
 
-def _mean_rows(t: torch.Tensor, chunk: int = 32768) -> torch.Tensor:
-    """Mean over rows in float32, a chunk at a time (Gemma's 262k × 640 would be 671 MB as float32)."""
-    total = torch.zeros(t.shape[1:], dtype=torch.float32)
-    for s in range(0, t.shape[0], chunk):
-        total += t[s : s + chunk].float().sum(0)
-    return total / t.shape[0]
+def _row(ck, key: str, ids: list[int]) -> torch.Tensor:
+    """Rows ``ids`` of ``key`` (with repetition), float32, each read on its own."""
+    return torch.stack([ck.get(key, rows=slice(i, i + 1))[0] for i in ids])
+
+
+def _mean_rows(ck, key: str, n: int, chunk: int = 16384) -> torch.Tensor:
+    """Mean of the first ``n`` rows of ``key`` in float32, read a chunk of rows at a time."""
+    total = None
+    for s in range(0, n, chunk):
+        part = ck.get(key, rows=slice(s, min(n, s + chunk))).sum(0)
+        total = part if total is None else total + part
+    return total / n

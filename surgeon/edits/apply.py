@@ -3,7 +3,7 @@
 An edit script is plain Python that defines ``edit(ck, **params)`` and changes
 ``ck`` through the library (``ck[key] = ...``, :mod:`surgeon.edits`). The
 script runs with the checkpoint opened lazily; nothing reaches disk unless the
-whole script succeeds, and then only through :func:`surgeon.save.save`. The
+whole script succeeds, and then only through :func:`surgeon.io.save.save`. The
 manifest keeps the script's text, sha256 and parameters, so an output
 directory says how to remake it.
 """
@@ -15,8 +15,11 @@ import json
 import traceback
 from pathlib import Path
 
-from .checkpoint import open_checkpoint
-from .errors import SurgeonError
+from surgeon.errors import SurgeonError
+from surgeon.io.changes import config_changes, oriented, whole_ref
+from surgeon.io.checkpoint import open_checkpoint
+from surgeon.io.diff import delta_stats
+from surgeon.io.prefetch import Prefetch
 
 
 class ScriptError(SurgeonError):
@@ -24,7 +27,11 @@ class ScriptError(SurgeonError):
 
 
 def parse_params(pairs: list[str]) -> dict:
-    """``["alpha=0.5", "layers=[3,4]", "name=Rome"]`` -> typed dict (JSON where it parses)."""
+    """``["alpha=0.5", "layers=[3,4]", "name=Rome"]`` -> typed dict (JSON where it parses).
+
+    A value that does not parse stays a string, unless it starts like JSON
+    (``[``, ``{``, ``"``): ``heads=[0,`` is a typo, not the string "[0,".
+    """
     out = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -32,9 +39,22 @@ def parse_params(pairs: list[str]) -> dict:
             raise ScriptError(f"--param {pair!r}: expected NAME=VALUE")
         try:
             out[key] = json.loads(raw)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as e:
+            if raw.lstrip()[:1] in ("[", "{", '"'):
+                raise ScriptError(f"--param {key}={raw}: starts like JSON but does not parse ({e.msg} at column "
+                                  f"{e.colno}); fix the JSON, or write a plain string without the leading "
+                                  f"{raw.lstrip()[0]!r}") from None
             out[key] = raw
     return out
+
+
+def describe_params(params: dict) -> str:
+    """``factor='abc' (str), heads=[0, 1] (list)``: what a script was given, for its error messages."""
+    def brief(v) -> str:
+        r = repr(v)
+        return r if len(r) <= 40 else r[:37] + "..."
+
+    return ", ".join(f"{k}={brief(v)} ({type(v).__name__})" for k, v in params.items())
 
 
 def run_script(ck, script: str | Path, params: dict | None = None) -> dict:
@@ -61,7 +81,8 @@ def run_script(ck, script: str | Path, params: dict | None = None) -> dict:
         raise ScriptError(f"{script}{line}: the script called exit({e.code!r}); nothing was written") from None
     except Exception as e:  # noqa: BLE001 - report the script's own line
         line = _script_line(e, script)
-        raise ScriptError(f"{script}{line}: {type(e).__name__}: {e}") from e
+        given = f" (params: {describe_params(params)})" if params else " (no params)"
+        raise ScriptError(f"{script}{line}: {type(e).__name__}: {e}{given}") from e
     return {
         "kind": "script",
         "path": str(script.absolute()),
@@ -85,13 +106,10 @@ def apply(script, model, out=None, *, params: dict | None = None, dry_run: bool 
     if dry_run:
         run_script(ck, script, params)
         return plan(ck)
-    from .save import Prefetch, _check_output
-
-    _check_output(ck.path, Path(out).absolute(), overwrite)  # fail before minutes of editing
-    ck.prefetch = Prefetch(ck, out)  # shards the script reads are copied while it runs
+    ck.prefetch = Prefetch(ck, out, overwrite=overwrite)  # checks the output; copies the shards the script reads
     try:
         source = run_script(ck, script, params)
-        return ck.save(out, copy=copy, overwrite=overwrite, source=source, prefetch=ck.prefetch)
+        return ck.save(out, copy=copy, overwrite=overwrite, source=source)
     finally:
         ck.prefetch.close()
         ck.prefetch = None
@@ -99,18 +117,12 @@ def apply(script, model, out=None, *, params: dict | None = None, dry_run: bool 
 
 def plan(ck) -> dict:
     """What saving would change: per tensor role, shapes and the size of the change."""
-    from .diff import delta_stats
-
     rows = []
     for name in ck.changed:
-        refs = ck.roles.by_tensor.get(name, []) if ck.architecture else []
-        whole = next((r for r in refs if r.view.rows is None), None)
-        new = ck.staged[name].float()
-        old = None if name in ck.added else ck.original(name).float()
-        if whole is not None and whole.view.transposed:
-            new = whole.view.read(new)
-            old = None if old is None else whole.view.read(old)
+        whole = whole_ref(ck, name)
+        new = oriented(ck, name).float()
+        old = None if name in ck.added else oriented(ck, name, ck.original(name)).float()
         rows.append({"name": name, "key": whole.key if whole else None, "role": whole.role if whole else None,
                      "added": name in ck.added, **delta_stats(old, new)})
-    changes = {k: [ck.original_config.get(k), v] for k, v in ck.config.items() if ck.original_config.get(k) != v}
+    changes = config_changes(ck.original_config, ck.config)
     return {"tensors": rows, "config_changes": changes, "files": sorted(ck.files), "edits": ck.edits}

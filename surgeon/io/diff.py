@@ -25,7 +25,12 @@ from pathlib import Path
 
 import torch
 
-from .errors import SurgeonError
+from surgeon.errors import SurgeonError
+from surgeon.io.changes import config_changes as _config_changes
+from surgeon.io.changes import oriented, same_bytes, significand_bits, tensor_names, whole_ref
+from surgeon.io.checkpoint import open_checkpoint
+from surgeon.io.shards import dtype_code
+from surgeon.roles import LAYER_ROLES, TOP_ROLES
 
 # Singular values below this fraction of the largest do not count.
 RANK_TOL = 1e-2
@@ -33,7 +38,6 @@ RANK_TOL = 1e-2
 # embed) with rank-one updates of relative size 1e-3..1: rounding residue's top singular value is 0.6-1.3
 # floors; a second component of 20% of the first is seen from relative size 3e-3 on.
 NOISE_MARGIN = 2.0
-_PRECISION = {torch.bfloat16: 8, torch.float16: 11, torch.float32: 24}  # significand bits
 
 
 def grid_dtype(t: torch.Tensor) -> torch.dtype:
@@ -52,7 +56,7 @@ def rounding_floor(weights: torch.Tensor, dtype: torch.dtype | None = None, chun
     of rows at a time, so a 262k-row embedding needs no full-size temporaries.
     """
     w = weights.reshape(weights.shape[0], -1) if weights.dim() > 1 else weights.reshape(1, -1)
-    p = _PRECISION.get(dtype or grid_dtype(w), 24)
+    p = significand_bits(dtype or grid_dtype(w))
     rows_max = torch.zeros(())
     cols = torch.zeros(w.shape[1], dtype=torch.float64)
     for s in range(0, w.shape[0], chunk):
@@ -163,7 +167,7 @@ def diff(a, b, *, rank: bool = True, progress: bool = False, unrelated: bool = F
     tensors, are refused unless ``unrelated`` (a diff of them says nothing).
     """
     a, b = _open(a), _open(b)
-    names_a, names_b = _names(a), _names(b)
+    names_a, names_b = tensor_names(a), tensor_names(b)
     in_a, in_b = set(names_a), set(names_b)
     if not unrelated:
         ta, tb = a.config.get("model_type"), b.config.get("model_type")
@@ -180,7 +184,7 @@ def diff(a, b, *, rank: bool = True, progress: bool = False, unrelated: bool = F
     out = []
     for name in it:
         ck = b if name in in_b else a
-        ref = _whole_ref(ck, name)
+        ref = whole_ref(ck, name)
         rec = TensorDiff(
             name=name,
             key=ref.key if ref else None,
@@ -189,8 +193,14 @@ def diff(a, b, *, rank: bool = True, progress: bool = False, unrelated: bool = F
             expert=ref.expert if ref else None,
             shape_a=None, shape_b=None, dtype_a=None, dtype_b=None, changed=True,
         )
-        ta = _oriented(a, name) if name in in_a else None
-        tb = _oriented(b, name) if name in in_b else None
+        if name in in_a and name in in_b and same_bytes(b, a, name):  # a hard link: equal without reading
+            rec.changed = False
+            rec.shape_a = rec.shape_b = list(ref.view.shape(a.entries[name].shape) if ref else a.entries[name].shape)
+            rec.dtype_a = rec.dtype_b = a.entries[name].dtype
+            out.append(rec)
+            continue
+        ta = oriented(a, name) if name in in_a else None
+        tb = oriented(b, name) if name in in_b else None
         if ta is not None:
             rec.shape_a, rec.dtype_a = list(ta.shape), _code(ta.dtype)
         if tb is not None:
@@ -215,47 +225,18 @@ def diff(a, b, *, rank: bool = True, progress: bool = False, unrelated: bool = F
 def config_changes(a, b) -> dict:
     """config.json keys whose values differ: key -> [value in a, value in b]."""
     a, b = _open(a), _open(b)
-    return {k: [a.config.get(k), b.config.get(k)] for k in sorted(set(a.config) | set(b.config))
-            if a.config.get(k) != b.config.get(k)}
+    return _config_changes(a.config, b.config)
 
 
 def _open(x):
-    if isinstance(x, (str, Path)):
-        from .checkpoint import open_checkpoint
-
-        return open_checkpoint(x)
-    return x
-
-
-def _names(ck) -> list[str]:
-    return list(ck.entries) + [n for n in ck.added if n not in ck.entries]
-
-
-def _whole_ref(ck, name):
-    if ck.architecture is None:
-        return None
-    refs = ck.roles.by_tensor.get(name)
-    if not refs:
-        return None
-    return next((r for r in refs if r.view.rows is None), refs[0])
-
-
-def _oriented(ck, name) -> torch.Tensor:
-    """Stored tensor (staged value if any) in (out, in) orientation."""
-    t = ck.stored(name)
-    ref = _whole_ref(ck, name)
-    return ref.view.read(t) if ref is not None and ref.view.rows is None else t
+    return open_checkpoint(x) if isinstance(x, (str, Path)) else x
 
 
 def _code(dtype) -> str:
-    from .shards import dtype_code
-
     return dtype_code(dtype)
 
 
 def _order(r: TensorDiff):
-    from .roles import LAYER_ROLES
-
     if r.role is None:
         return (3, 0, 0, 0, r.name)
     base, _, param = _split_param(r.role)
@@ -268,8 +249,6 @@ def _order(r: TensorDiff):
 
 def _split_param(role: str) -> tuple[str, str, str]:
     """``"attn.o.bias"`` -> ``("attn.o", ".", "bias")``; ``"attn.o"`` -> ``("attn.o", "", "")``."""
-    from .roles import LAYER_ROLES, TOP_ROLES
-
     if role in LAYER_ROLES or role in TOP_ROLES:
         return role, "", ""
     head, _, param = role.rpartition(".")
@@ -318,8 +297,6 @@ def plot(records: list[TensorDiff], path, *, title: str | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
-
-    from .roles import LAYER_ROLES
 
     layered = [r for r in records if r.layer is not None]
     top = [r for r in records if r.layer is None and r.role is not None]

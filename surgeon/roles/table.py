@@ -13,7 +13,7 @@ One vocabulary everywhere (API, CLI, JSON, manifests, errors):
 * a bias (or any parameter other than ``weight``) appends ``.bias``.
 
 The mapping from on-disk names is data: one JSON file per family in
-``surgeon/architectures`` (the idea of mergekit's architecture files),
+``surgeon/roles/architectures`` (the idea of mergekit's architecture files),
 validated when read; ``docs/roles.md`` describes every field. Fused tensors
 are exposed as their parts through :class:`View` objects that read a slice
 and write it back into the whole; Conv1D matrices (GPT-2) are shown in
@@ -28,11 +28,11 @@ from __future__ import annotations
 import ast
 import json
 import re
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import MISSING, dataclass, field, fields
+from functools import cache
 from importlib import resources
 
-from .errors import RoleError, SurgeonError, UnknownArchitecture
+from surgeon.errors import RoleError, SurgeonError, UnknownArchitecture
 
 TOP_ROLES = ("embed", "pos_embed", "lm_head", "final_norm")
 LAYER_ROLES = (
@@ -42,12 +42,10 @@ LAYER_ROLES = (
     "norm.pre_attn", "norm.post_attn", "norm.pre_mlp", "norm.post_mlp",
 )
 CONFIG_FIELDS = ("num_layers", "hidden_size", "vocab_size", "tie")
-REQUIRED = ("model_types", "architectures", "base_prefix", "tie_default", "config", "top", "layer", "roles")
-OPTIONAL = ("doc", "fused", "experts", "derived", "transposed", "loaded_names", "bias_flags", "norm_offset")
 
 
 class ArchitectureError(SurgeonError):
-    """A family table in surgeon/architectures is malformed (a bug in the data, not in the checkpoint)."""
+    """A family table in surgeon/roles/architectures is malformed (a bug in the data, not in the checkpoint)."""
 
 
 # --------------------------------------------------------------------------- data
@@ -55,10 +53,9 @@ class ArchitectureError(SurgeonError):
 
 @dataclass(frozen=True)
 class Architecture:
-    """One family's table, as read from ``surgeon/architectures/<name>.json``."""
+    """One family's table, as read from ``surgeon/roles/architectures/<name>.json``."""
 
     name: str
-    doc: str
     model_types: tuple[str, ...]
     architectures: tuple[str, ...]
     base_prefix: str  # transformers' base_model_prefix: names saved from the base model omit it
@@ -74,29 +71,19 @@ class Architecture:
     loaded_names: dict[str, str] = field(default_factory=dict)  # on-disk module name -> name in the loaded model
     bias_flags: dict[str, list[str]] = field(default_factory=dict)  # config flag -> roles it gives a bias (steering)
     norm_offset: float = 0.0  # norms scale by (norm_offset + weight): 1.0 for Gemma's RMSNorm
+    doc: str = ""  # what is special about the family, in prose
 
     @classmethod
     def from_json(cls, name: str, doc: dict) -> Architecture:
+        """Read a table: every JSON key is a field of this class (``doc`` is the family's prose), checked first."""
         _validate(name, doc)
-        return cls(
-            name=name,
-            doc=doc.get("doc", ""),
-            model_types=tuple(doc["model_types"]),
-            architectures=tuple(doc["architectures"]),
-            base_prefix=doc["base_prefix"],
-            tie_default=bool(doc["tie_default"]),
-            config=dict(doc["config"]),
-            top=dict(doc["top"]),
-            layer=doc["layer"],
-            roles=dict(doc["roles"]),
-            fused=dict(doc.get("fused", {})),
-            experts=doc.get("experts"),
-            derived=dict(doc.get("derived", {})),
-            transposed=bool(doc.get("transposed", False)),
-            loaded_names=dict(doc.get("loaded_names", {})),
-            bias_flags=dict(doc.get("bias_flags", {})),
-            norm_offset=float(doc.get("norm_offset", 0.0)),
-        )
+        kw = {}
+        for f in fields(cls):
+            if f.name == "name" or f.name not in doc:
+                continue
+            v = doc[f.name]
+            kw[f.name] = _COERCE.get(f.name, lambda x: x)(v)
+        return cls(name=name, **kw)
 
     def value(self, config: dict, expr: str):
         """Evaluate a size expression such as ``num_key_value_heads * head_dim``.
@@ -147,11 +134,20 @@ class Architecture:
         return (names | set(self.bias_flags)) - set(self.derived)
 
 
+# The table format is the dataclass: fields without a default are required, the rest optional.
+REQUIRED = tuple(f.name for f in fields(Architecture) if f.name != "name" and f.default is MISSING
+                 and f.default_factory is MISSING)
+OPTIONAL = tuple(f.name for f in fields(Architecture) if f.name != "name" and f.name not in REQUIRED)
+_COERCE = {"model_types": tuple, "architectures": tuple, "tie_default": bool, "config": dict, "top": dict,
+           "roles": dict, "fused": dict, "derived": dict, "transposed": bool, "loaded_names": dict,
+           "bias_flags": dict, "norm_offset": float}
+
+
 def _validate(name: str, doc: dict) -> None:
     """Refuse a table with a missing, unknown or misspelt field, so data cannot drift silently."""
 
     def bad(msg):
-        raise ArchitectureError(f"surgeon/architectures/{name}.json: {msg}")
+        raise ArchitectureError(f"surgeon/roles/architectures/{name}.json: {msg}")
 
     if not isinstance(doc, dict):
         bad("not a JSON object")
@@ -217,11 +213,11 @@ def _eval(node, config, derived, expr):
     raise ArchitectureError(f"unsupported size expression {expr!r}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def architectures() -> dict[str, Architecture]:
     """All bundled families, keyed by file name."""
     out = {}
-    for f in sorted(resources.files("surgeon.architectures").iterdir(), key=lambda p: p.name):
+    for f in sorted(resources.files("surgeon.roles.architectures").iterdir(), key=lambda p: p.name):
         if f.name.endswith(".json"):
             name = f.name[: -len(".json")]
             out[name] = Architecture.from_json(name, json.loads(f.read_text()))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .roles import LAYER_ROLES, TOP_ROLES
+from surgeon.roles import LAYER_ROLES, TOP_ROLES
 
 
 def summarize(ck) -> dict:

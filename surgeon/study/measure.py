@@ -1,7 +1,7 @@
 """Did the change work, did it generalise, what else moved: the metrics of a task.
 
 Each metric compares a *changed* model with the *original* one on the probes
-of a :class:`~surgeon.task.Task`. The original model's side is computed once
+of a :class:`~surgeon.study.task.Task`. The original model's side is computed once
 (:func:`reference`) and reused for every changed model (:func:`measure`), so a
 comparison of five arms runs the original once.
 
@@ -32,7 +32,18 @@ comparison of five arms runs the original once.
   divided by the original's: exp(mean NLL changed − mean NLL original).
 * **spelling** — for tasks with a ``spelling`` section: the rate of the
   target spelling in greedy generations from the task's prompts, counted by
-  the rule set that defines the task (:mod:`surgeon.spelling`).
+  the rule set that defines the task (:mod:`surgeon.study.spelling`); the
+  words of degenerate generations count as misses.
+* **efficacy_gen, generalisation_gen, neighbourhood_gen** — the same probes
+  scored on what the model *writes*: greedy continuations of up to 8 tokens,
+  no teacher forcing (:func:`generated_success`, "The Mirage of Model
+  Editing" protocol); spelling tasks score them by their rule set.
+* **degenerate** — share of all of the model's generations (probe answers,
+  spelling and free texts) that :func:`surgeon.study.generate.degeneration`
+  flags; **fluency** — ROME's n-gram entropy of free generations from the
+  first words of the neutral texts (:func:`fluency`).
+
+Every rate has its count and Wilson interval in ``Metrics.counts``.
 
 Everything runs through the runtime bridge (:mod:`surgeon.runtime`).
 """
@@ -44,8 +55,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .errors import SurgeonError
-from .task import Probe, Task
+from surgeon.errors import SurgeonError
+from surgeon.runtime import Runtime, load
+from surgeon.study import generate
+from surgeon.study.generate import Rate, fluency, free_text, generated_success, wilson  # noqa: F401 (re-exported)
+from surgeon.study.task import Probe, Task
 
 NEUTRAL_MAX_TOKENS = 128
 
@@ -67,7 +81,18 @@ class Metrics:
     kl: float | None = None
     perplexity_ratio: float | None = None
     spelling: float | None = None
+    efficacy_gen: float | None = None
+    generalisation_gen: float | None = None
+    neighbourhood_gen: float | None = None
+    degenerate: float | None = None
+    fluency: float | None = None
+    counts: dict = field(default_factory=dict)  # metric -> Rate.to_dict(): k, n, rate, Wilson lo/hi
     details: dict = field(default_factory=dict)
+
+    def count(self, key: str, rate: Rate) -> float | None:
+        """Record ``rate`` under ``key`` (with its count and interval) and return the share."""
+        self.counts[key] = rate.to_dict()
+        return rate.rate
 
     def to_dict(self, details: bool = True) -> dict:
         d = asdict(self)
@@ -140,7 +165,8 @@ def reference(original, task: Task, *, max_tokens: int = NEUTRAL_MAX_TOKENS, pro
     rt = _runtime(original)
     eff = [p.original or _top1_text(rt, p.prompt) for p in task.efficacy]
     gen = [p.original or _top1_text(rt, p.prompt) for p in task.generalisation]
-    spec = [int(i) for i in _next_logprobs(rt, [p.prompt for p in task.specificity]).argmax(-1)] if task.specificity else []
+    spec = ([int(i) for i in _next_logprobs(rt, [p.prompt for p in task.specificity]).argmax(-1)]
+            if task.specificity else [])
     ids, logps, nll_sum, n = [], [], 0.0, 0
     for text in task.neutral:
         t = rt.tokenizer(text, return_tensors="pt", truncation=True, max_length=max_tokens)["input_ids"][0]
@@ -156,45 +182,96 @@ def reference(original, task: Task, *, max_tokens: int = NEUTRAL_MAX_TOKENS, pro
         logps.append(lp)
         nll_sum += -lp[:-1].gather(1, t[1:].view(-1, 1)).sum().item()
         n += len(t) - 1
-    texts, rate = _spelling(rt, task)
-    return Reference(eff, gen, spec, ids, logps, nll_sum / n if n else None, texts, rate)
+    texts, rate = ([], None) if task.spelling is None else _spelling(rt, task)[:2]
+    return Reference(eff, gen, spec, ids, logps, nll_sum / n if n else None, texts,
+                     None if rate is None else rate.rate)
 
 
-def measure(changed, task: Task, ref: Reference) -> Metrics:
-    """Every metric of ``task`` for ``changed`` (a Runtime, Checkpoint or directory) against ``ref``."""
+def measure(changed, task: Task, ref: Reference, *, generated: bool = True) -> Metrics:
+    """Every metric of ``task`` for ``changed`` (a Runtime, Checkpoint or directory) against ``ref``.
+
+    ``generated=False`` skips the generated metrics (answers, free text): the teacher-forced ones only.
+    """
     rt = _runtime(changed)
     m = Metrics()
     if task.efficacy:
         m.efficacy, m.efficacy_p, m.details["efficacy"] = _success(rt, task.efficacy, ref.efficacy_original)
+        m.efficacy = m.count("efficacy", _tally(m.details["efficacy"], "success"))
     if task.generalisation:
         m.generalisation, m.generalisation_p, m.details["generalisation"] = _success(
             rt, task.generalisation, ref.generalisation_original)
+        m.generalisation = m.count("generalisation", _tally(m.details["generalisation"], "success"))
     if task.specificity:
-        if len(ref.specificity_top1) != len(task.specificity):
-            raise MeasureError("reference was computed for a different task (specificity prompts differ)")
-        lp = _next_logprobs(rt, [p.prompt for p in task.specificity])
-        top = [int(i) for i in lp.argmax(-1)]
-        kept = [a == b for a, b in zip(top, ref.specificity_top1)]
-        m.specificity = sum(kept) / len(kept)
-        m.details["specificity"] = [
-            {"prompt": p.prompt, "original_top1": rt.tokenizer.decode([b]), "top1": rt.tokenizer.decode([a]), "kept": k}
-            for p, a, b, k in zip(task.specificity, top, ref.specificity_top1, kept)]
-        neigh = [p for p in task.specificity if p.target and p.original]
-        if neigh:
-            rows = []
-            for p in neigh:
-                lt, nt = _answer_logprob(rt, p.prompt, p.target)
-                lo, no = _answer_logprob(rt, p.prompt, p.original)
-                rows.append({"prompt": p.prompt, "p_target": math.exp(lt), "p_original": math.exp(lo),
-                             "kept": lo / no > lt / nt})
-            m.neighbourhood = sum(r["kept"] for r in rows) / len(rows)
-            m.details["neighbourhood"] = rows
+        _specificity(rt, task, ref, m)
     if ref.neutral_ids:
         m.kl, m.perplexity_ratio = _neutral(rt, ref)
+    degenerate = Rate(0, 0)
     if task.spelling is not None:
-        texts, m.spelling = _spelling(rt, task)
+        texts, rate, bad = _spelling(rt, task)
+        m.spelling = m.count("spelling", rate)
         m.details["spelling"] = {"original": ref.spelling_rate, "generations": texts}
+        degenerate += bad
+    if generated:
+        degenerate += _generated(rt, task, ref, m)
+    if degenerate.n:
+        m.degenerate = m.count("degenerate", degenerate)
     return m
+
+
+def _tally(rows: list[dict], key: str) -> Rate:
+    return Rate(sum(bool(r[key]) for r in rows), len(rows))
+
+
+def _specificity(rt, task: Task, ref: Reference, m: Metrics) -> None:
+    """Top-1 kept on every specificity prompt; P(original) > P(target) on those that name both."""
+    if len(ref.specificity_top1) != len(task.specificity):
+        raise MeasureError("reference was computed for a different task (specificity prompts differ)")
+    lp = _next_logprobs(rt, [p.prompt for p in task.specificity])
+    top = [int(i) for i in lp.argmax(-1)]
+    kept = [a == b for a, b in zip(top, ref.specificity_top1)]
+    m.specificity = m.count("specificity", Rate(sum(kept), len(kept)))
+    m.details["specificity"] = [
+        {"prompt": p.prompt, "original_top1": rt.tokenizer.decode([b]), "top1": rt.tokenizer.decode([a]), "kept": k}
+        for p, a, b, k in zip(task.specificity, top, ref.specificity_top1, kept)]
+    neigh = [p for p in task.specificity if p.target and p.original]
+    if neigh:
+        rows = []
+        for p in neigh:
+            lt, nt = _answer_logprob(rt, p.prompt, p.target)
+            lo, no = _answer_logprob(rt, p.prompt, p.original)
+            rows.append({"prompt": p.prompt, "p_target": math.exp(lt), "p_original": math.exp(lo),
+                         "kept": lo / no > lt / nt})
+        m.neighbourhood = m.count("neighbourhood", _tally(rows, "kept"))
+        m.details["neighbourhood"] = rows
+
+
+def _generated(rt, task: Task, ref: Reference, m: Metrics) -> Rate:
+    """Generated success on efficacy, generalisation and neighbour probes, fluency of free text.
+
+    Returns the degenerate generations among all of them.
+    """
+    rules = task.spelling["rules"] if task.spelling else None
+    bad = Rate(0, 0)
+    for key, probes, originals in (("efficacy", task.efficacy, ref.efficacy_original),
+                                   ("generalisation", task.generalisation, ref.generalisation_original)):
+        if probes:
+            g = generated_success(rt, probes, originals, rules=rules)
+            setattr(m, f"{key}_gen", m.count(f"{key}_gen", g.rate))
+            m.details[f"{key}_gen"] = g.rows
+            bad += g.degenerate
+    neigh = [p for p in task.specificity if p.target and p.original]
+    if neigh:
+        g = generated_success(rt, neigh, keep=True)
+        m.neighbourhood_gen = m.count("neighbourhood_gen", g.rate)
+        m.details["neighbourhood_gen"] = g.rows
+        bad += g.degenerate
+    prompts = generate.neutral_prompts(task.neutral)
+    if prompts:
+        free = free_text(rt, prompts)
+        m.fluency = free.fluency
+        m.details["free_text"] = free.texts
+        bad += free.degenerate
+    return bad
 
 
 def compare_models(original, changed, task: Task) -> Metrics:
@@ -206,8 +283,6 @@ def compare_models(original, changed, task: Task) -> Metrics:
 
 
 def _runtime(x):
-    from .runtime import Runtime, load
-
     return x if isinstance(x, Runtime) else load(x)
 
 
@@ -263,27 +338,18 @@ def _neutral(rt, ref: Reference) -> tuple[float, float]:
     return kl, ratio
 
 
-def _spelling(rt, task: Task) -> tuple[list[str], float | None]:
-    """Greedy generations from the task's spelling prompts and their rate of the target spelling."""
-    if task.spelling is None:
-        return [], None
+def _spelling(rt, task: Task) -> tuple[list[str], Rate, Rate]:
+    """Greedy generations from the task's spelling prompts: (texts, target spellings, degenerate texts)."""
     prompts = task.spelling.get("prompts") or []
     if not prompts:
         raise MeasureError(f"task {task.name}: spelling needs a list of prompts to generate from")
     n = int(task.spelling.get("max_new_tokens", 40))
     texts = [rt.generate(p, max_new_tokens=n) for p in prompts]
-    return texts, spelling_rate(task.spelling["rules"], texts)
+    rate, bad = generate.spelling_counts(task.spelling["rules"], texts)
+    return texts, rate, bad
 
 
 def spelling_rate(rules: str, texts: list[str]) -> float | None:
-    """Rate of the target spelling in ``texts`` by the named rule set of :mod:`surgeon.spelling`.
-
-    The rule set object must offer ``rate(texts) -> float``. Returns None when
-    no text has a word the rules speak about.
-    """
-    try:
-        from . import spelling
-    except ImportError:
-        raise MeasureError(f"spelling rules {rules!r}: surgeon.spelling is not available") from None
-    rs = spelling.get(rules)
-    return rs.rate(texts)
+    """Rate of the target spelling in ``texts`` by the named rule set (None when no word is scored);
+    degenerate texts count their words as misses (:func:`surgeon.study.generate.spelling_counts`)."""
+    return generate.spelling_counts(rules, texts)[0].rate

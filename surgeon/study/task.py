@@ -14,7 +14,9 @@ A task file is JSON (see ``docs/tasks.md``)::
       "neutral":        ["Plain text for KL and perplexity.", ...]
                         or {"corpus": "neutral_en", "texts": 16, "from": "end"},
       "spelling":       {"rules": "prereform_ru", "prompts": ["..."], "max_new_tokens": 40},
-      "edit":           {... free-form parameters that edit scripts of this task read ...}
+      "edit":           {... free-form parameters that edit scripts of this task read ...},
+      "validation":     {"generalisation": [...], "specificity": [...], "neutral": ...,
+                         "spelling_prompts": [...]}
     }
 
 The split mirrors CounterFact (Meng et al. 2022): efficacy prompts are the
@@ -25,15 +27,23 @@ change, and neutral text measures collateral damage as KL and perplexity.
 A training example may name its ``subject`` (the CounterFact
 ``requested_rewrite`` shape) so that rank-one edit scripts can read their
 requests from the same file the fine-tune trains on.
+
+``validation`` holds probes of the same kinds, apart from the test probes
+(the top-level ones): whatever is chosen automatically (hyperparameters,
+layers, an edit's knobs) is chosen on :meth:`Task.split` ``("validation")``
+and reported on ``split("test")``. A validation prompt that is also a test
+prompt is refused.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import SurgeonError
+from surgeon import data
+from surgeon.errors import SurgeonError
+from surgeon.study import spelling
 
 
 class TaskError(SurgeonError):
@@ -78,6 +88,8 @@ class Task:
     spelling: dict | None = None
     edit: dict = field(default_factory=dict)
     path: Path | None = None
+    validation: Task | None = None  # the same kinds of probes, held apart from the test ones (tuning only)
+    split_name: str = "test"  # which split this object's probes are: "test" or "validation"
 
     @classmethod
     def load(cls, path: str | Path) -> Task:
@@ -96,7 +108,7 @@ class Task:
         if not isinstance(doc, dict):
             raise TaskError(f"{where}: a task is a JSON object")
         unknown = set(doc) - {"name", "description", "train", "efficacy", "generalisation", "specificity",
-                              "neutral", "spelling", "edit"}
+                              "neutral", "spelling", "edit", "validation"}
         if unknown:
             raise TaskError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
         spelling = doc.get("spelling")
@@ -105,19 +117,32 @@ class Task:
         edit = doc.get("edit", {})
         if not isinstance(edit, dict):
             raise TaskError(f"{where}: edit must be an object")
-        return cls(
+        task = cls(
             name=str(doc.get("name") or (path.stem if path else "task")),
             description=str(doc.get("description", "")),
             train=[_example(x, f"{where}: train[{i}]") for i, x in enumerate(_list(doc, "train", where))],
-            efficacy=[_probe(x, f"{where}: efficacy[{i}]", True) for i, x in enumerate(_list(doc, "efficacy", where))],
-            generalisation=[_probe(x, f"{where}: generalisation[{i}]", True)
-                            for i, x in enumerate(_list(doc, "generalisation", where))],
-            specificity=[_probe(x, f"{where}: specificity[{i}]") for i, x in enumerate(_list(doc, "specificity", where))],
-            neutral=_neutral(doc.get("neutral", []), where),
+            **_probes(doc, where),
             spelling=spelling,
             edit=dict(edit),
             path=path,
         )
+        if "validation" in doc:
+            task.validation = _validation(doc["validation"], task, where)
+        return task
+
+    def split(self, name: str) -> Task:
+        """The task measured on one split: ``"test"`` (the top-level probes) or ``"validation"``.
+
+        Both keep the training examples and the edit parameters; the test split
+        carries no validation probes and the validation split no test probes.
+        """
+        if name == "test":
+            return replace(self, validation=None, split_name="test")
+        if name == "validation":
+            if self.validation is None:
+                raise TaskError(f"{self.path or self.name}: no validation split (add \"validation\", docs/tasks.md)")
+            return self.validation
+        raise TaskError(f"split must be test or validation, not {name!r}")
 
     def to_dict(self) -> dict:
         """The task as a JSON object (neutral texts resolved), loadable by :meth:`from_dict`."""
@@ -128,7 +153,8 @@ class Task:
             return d if e.subject is None else {**d, "subject": e.subject}
 
         def pr(p: Probe) -> dict:
-            return {k: v for k, v in (("prompt", p.prompt), ("target", p.target), ("original", p.original)) if v is not None}
+            return {k: v for k, v in (("prompt", p.prompt), ("target", p.target), ("original", p.original))
+                    if v is not None}
 
         doc = {"name": self.name, "description": self.description, "train": [ex(e) for e in self.train],
                "efficacy": [pr(p) for p in self.efficacy], "generalisation": [pr(p) for p in self.generalisation],
@@ -137,7 +163,53 @@ class Task:
             doc["spelling"] = self.spelling
         if self.edit:
             doc["edit"] = self.edit
+        if self.validation is not None:
+            v = self.validation
+            doc["validation"] = {"efficacy": [pr(p) for p in v.efficacy],
+                                 "generalisation": [pr(p) for p in v.generalisation],
+                                 "specificity": [pr(p) for p in v.specificity], "neutral": list(v.neutral)}
+            if v.spelling is not None:
+                doc["validation"]["spelling_prompts"] = list(v.spelling.get("prompts", []))
         return doc
+
+    def prompts(self) -> set[str]:
+        """Every prompt this split measures on (held-out probes, spelling prompts) and its neutral texts."""
+        out = {p.prompt for p in self.generalisation + self.specificity} | set(self.neutral)
+        return out | set((self.spelling or {}).get("prompts", []))
+
+
+def _probes(doc: dict, where: str) -> dict:
+    """The probe fields of a task (or of its validation object)."""
+    return {
+        "efficacy": [_probe(x, f"{where}: efficacy[{i}]", True) for i, x in enumerate(_list(doc, "efficacy", where))],
+        "generalisation": [_probe(x, f"{where}: generalisation[{i}]", True)
+                           for i, x in enumerate(_list(doc, "generalisation", where))],
+        "specificity": [_probe(x, f"{where}: specificity[{i}]")
+                        for i, x in enumerate(_list(doc, "specificity", where))],
+        "neutral": _neutral(doc.get("neutral", []), where),
+    }
+
+
+def _validation(v, test: Task, where: str) -> Task:
+    """The validation split: its own probes, the test split's training examples and edit parameters."""
+    where = f"{where}: validation"
+    if not isinstance(v, dict):
+        raise TaskError(f"{where}: must be an object of probes (efficacy, generalisation, specificity, neutral, "
+                        f"spelling_prompts)")
+    _keys(v, {"efficacy", "generalisation", "specificity", "neutral", "spelling_prompts"}, where)
+    spelling_ = None
+    if "spelling_prompts" in v:
+        if test.spelling is None:
+            raise TaskError(f"{where}: spelling_prompts needs the task's spelling section (its rules)")
+        spelling_ = {**test.spelling, "prompts": v["spelling_prompts"]}
+        _spelling(spelling_, where)
+    val = Task(name=test.name, description=test.description, train=test.train, **_probes(v, where),
+               spelling=spelling_, edit=test.edit, path=test.path, split_name="validation")
+    shared = sorted(val.prompts() & test.prompts())
+    if shared:
+        raise TaskError(f"{where}: {len(shared)} prompt(s) or text(s) are also test probes, e.g. {shared[0][:60]!r}; "
+                        f"tuning on them would measure the test split")
+    return val
 
 
 def _list(doc, key, where):
@@ -159,8 +231,6 @@ def _spelling(v, where) -> None:
     if not (isinstance(v, dict) and isinstance(v.get("rules"), str)):
         raise TaskError(f"{where}: spelling must be an object with a \"rules\" name")
     _keys(v, {"rules", "prompts", "max_new_tokens"}, f"{where}: spelling")
-    from . import spelling
-
     try:
         spelling.get(v["rules"])
     except SurgeonError as e:
@@ -208,14 +278,18 @@ def _neutral(v, where) -> list[str]:
             raise TaskError(f"{where}: neutral must be a list of strings")
         return v
     if isinstance(v, dict) and "corpus" in v:
-        _keys(v, {"corpus", "texts", "from"}, f"{where}: neutral")
+        _keys(v, {"corpus", "texts", "from", "skip"}, f"{where}: neutral")
         if v.get("from", "start") not in ("start", "end"):
             raise TaskError(f"{where}: neutral: \"from\" must be \"start\" or \"end\"")
         n = v.get("texts", 16)
         if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
             raise TaskError(f"{where}: neutral: texts must be a positive integer, got {n!r}")
+        skip = v.get("skip", 0)
+        if not (isinstance(skip, int) and not isinstance(skip, bool) and skip >= 0):
+            raise TaskError(f"{where}: neutral: skip must be a non-negative integer, got {skip!r}")
         try:
-            return neutral_texts(str(v["corpus"]), n, from_end=v.get("from") == "end")
+            got = neutral_texts(str(v["corpus"]), n + skip, from_end=v.get("from") == "end")
+            return got[skip:] if v.get("from") != "end" else got[:len(got) - skip]
         except TaskError as e:
             raise TaskError(f"{where}: neutral: {e}") from None
     raise TaskError(f"{where}: neutral must be a list of texts or {{\"corpus\": NAME, \"texts\": N}}")
@@ -223,14 +297,8 @@ def _neutral(v, where) -> list[str]:
 
 def neutral_texts(corpus: str, n: int, *, from_end: bool = False) -> list[str]:
     """The first (or, ``from_end``, the last) ``n`` paragraphs of a corpus shipped in ``surgeon/data``
-    (``neutral_en`` -> neutral_en.txt). The last paragraphs of neutral_en are held out from what
-    rank-one edits fit on (:mod:`surgeon.edits.covariance`), so KL measured there is on unseen text."""
-    from importlib import resources
-
-    f = resources.files("surgeon.data").joinpath(f"{corpus}.txt")
-    if not f.is_file():
-        raise TaskError(f"no corpus {corpus!r} in surgeon/data")
-    paras = [p.strip() for p in f.read_text(encoding="utf-8").split("\n\n") if p.strip()]
-    if not 1 <= n <= len(paras):
-        raise TaskError(f"corpus {corpus!r} has {len(paras)} paragraphs; asked for {n}")
-    return paras[-n:] if from_end else paras[:n]
+    (``neutral_en`` -> neutral_en.txt); see :mod:`surgeon.data` for the held-out tail of neutral_en."""
+    try:
+        return data.texts(corpus, n, from_end=from_end)
+    except data.CorpusError as e:
+        raise TaskError(str(e)) from None

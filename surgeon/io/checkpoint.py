@@ -3,22 +3,24 @@
 ``surgeon.open(path)`` reads config.json, the shard index and the safetensors
 headers, nothing else. Tensors are read on demand, one at a time. Changes are
 *staged* in memory (``ck[key] = t``) and only reach disk through
-:func:`surgeon.save.save`, which never writes into the input directory.
+:func:`surgeon.io.save.save`, which never writes into the input directory.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import CheckpointError, EditError, RoleError, UnknownArchitecture
-from .roles import Architecture, RoleRef, RoleTable, find_architecture
-from .shards import ShardHeader, TensorEntry, _brief, dtype_code, read_header, read_tensor
+from surgeon.errors import CheckpointError, EditError, RoleError, UnknownArchitecture
+from surgeon.io.rows import RowPatches
+from surgeon.io.save import save
+from surgeon.io.shards import ShardHeader, TensorEntry, _brief, read_header, read_tensor
+from surgeon.io.values import cast_checked, shares_memory
+from surgeon.roles import Architecture, RoleRef, RoleTable, find_architecture
 
 if TYPE_CHECKING:  # torch is imported on the first tensor read, not on open
     import torch
@@ -42,12 +44,7 @@ def open_checkpoint(path: str | os.PathLike, *, allow_external_links: bool = Fal
     cfg_path = root / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path}: missing (a checkpoint directory needs config.json)")
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise CheckpointError(f"{cfg_path}: cannot read ({e.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CheckpointError(f"{cfg_path}: not valid JSON ({e.__class__.__name__})") from None
+    config = _read_json(cfg_path)
     if not isinstance(config, dict):
         raise CheckpointError(f"{cfg_path}: not a JSON object")
 
@@ -91,14 +88,18 @@ def open_checkpoint(path: str | os.PathLike, *, allow_external_links: bool = Fal
     return ck
 
 
-def _read_index(root: Path) -> dict:
-    p = root / INDEX
+def _read_json(p: Path):
     try:
-        index = json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(p.read_text(encoding="utf-8"))
     except OSError as e:
         raise CheckpointError(f"{p}: cannot read ({e.strerror})") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{p}: not valid JSON ({e.__class__.__name__})") from None
+
+
+def _read_index(root: Path) -> dict:
+    p = root / INDEX
+    index = _read_json(p)
     wm = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
         raise CheckpointError(f"{p}: no weight_map of tensor name -> shard file")
@@ -138,13 +139,14 @@ class Checkpoint:
     def __init__(self, root: Path, config: dict, shards: dict[str, ShardHeader], entries: dict[str, TensorEntry], index: dict | None):
         self.path = root
         self.allow_external_links = False
-        self.prefetch = None  # a save.Prefetch while `surgeon apply` runs its script
+        self.prefetch = None  # a surgeon.io.prefetch.Prefetch while `surgeon apply` runs its script
         self.config = config  # edit freely: save() writes it if it changed
         self.original_config = json.loads(json.dumps(config))
         self.shards = shards
         self.entries = entries
         self.index = index
         self.staged: dict[str, torch.Tensor] = {}  # tensor name -> stored dtype, stored orientation
+        self.patches: dict[str, RowPatches] = {}  # tensor name -> staged rows (set_rows), the rest in the file
         self.added: dict[str, str] = {}  # new tensor name -> shard it goes into
         self.files: dict[str, bytes] = {}  # other files to write (tokenizer edits), relative name -> bytes
         self.edits: list[dict] = []  # what each edit function did, for the manifest
@@ -204,9 +206,11 @@ class Checkpoint:
     # ------------------------------------------------------------------ reads
 
     def stored(self, name: str) -> torch.Tensor:
-        """A tensor as stored on disk (dtype and orientation), staged value if any."""
+        """A tensor as stored on disk (dtype and orientation), staged value (or rows) if any."""
         if name in self.staged:
             return self.staged[name]
+        if name in self.patches:
+            return self.patches[name].materialize(self.path / self.entries[name].file)
         return self.original(name)
 
     def original(self, name: str) -> torch.Tensor:
@@ -216,11 +220,15 @@ class Checkpoint:
             raise RoleError(f"no tensor {name!r} in {self.path}")
         return read_tensor(self.path / e.file, e)
 
-    def get(self, key: str, dtype: torch.dtype | str | None = "float32") -> torch.Tensor:
+    def get(self, key: str, dtype: torch.dtype | str | None = "float32", *, rows: slice | None = None) -> torch.Tensor:
         """The tensor for a role key or raw name, (out, in) orientation, as ``dtype`` (None: stored).
 
         float32 by default because edits are computed in float32 and cast back
         on :meth:`set`; torch itself is imported on the first tensor read.
+        ``rows=slice(a, b)``: only those rows (of the (out, in) view), reading
+        only their bytes (staged rows laid over them), so a row-wise edit of a
+        128k-row embedding never holds the matrix; a Conv1D (transposed) or
+        head-interleaved view, whose rows are not contiguous on disk, is read whole and sliced.
         """
         ref = self.resolve(key)
         if self.prefetch is not None and ref.tensor in self.entries and ref.tensor not in self.staged:
@@ -229,20 +237,47 @@ class Checkpoint:
 
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
+        if rows is not None:
+            t = self._read_rows(ref, key, rows)
+            return t if dtype is None else t.to(dtype)
         stored = self.stored(ref.tensor)
         t = ref.view.read(stored)
         t = t if dtype is None else t.to(dtype)
-        if ref.tensor in self.staged and _shares(t, stored):
+        if ref.tensor in self.staged and shares_memory(t, stored):
             t = t.clone()  # changing the returned tensor in place must not bypass set()'s checks
         return t
 
     __getitem__ = get
 
     def shape(self, key: str) -> tuple[int, ...]:
-        """Shape in (out, in) orientation, from the header (or the staged value)."""
-        ref = self.resolve(key)
-        stored = tuple(self.staged[ref.tensor].shape) if ref.tensor in self.staged else self.entries[ref.tensor].shape
-        return ref.view.shape(stored)
+        """Shape in (out, in) orientation, from the header (or the staged value or rows)."""
+        return self.resolve(key).view.shape(self._stored_shape(self.resolve(key).tensor))
+
+    def _stored_shape(self, name: str) -> tuple[int, ...]:
+        if name in self.staged:
+            return tuple(self.staged[name].shape)
+        return self.patches[name].shape if name in self.patches else self.entries[name].shape
+
+    def _rows_on_disk(self, ref: RoleRef) -> int | None:
+        """The stored row where row 0 of ``ref``'s view is, or None if its rows are not contiguous there."""
+        if ref.view.transposed and len(self._stored_shape(ref.tensor)) == 2:
+            return None
+        if ref.view.rows is None:
+            return 0
+        return ref.view.rows.start if isinstance(ref.view.rows, range) and ref.view.rows.step == 1 else None
+
+    def _read_rows(self, ref: RoleRef, key: str, rows: slice) -> torch.Tensor:
+        n = self.shape(key)[0] if self.shape(key) else 0
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise EditError(f"{key}: rows must be a slice with step 1, got {rows!r}")
+        a, b, _ = rows.indices(n)
+        b = max(a, b)
+        off = self._rows_on_disk(ref)
+        name = ref.tensor
+        if off is None or name in self.staged or name not in self.entries:
+            return ref.view.read(self.stored(name))[a:b]
+        patched = self.patches.get(name) or RowPatches(self.entries[name])
+        return patched.read(self.path / self.entries[name].file, off + a, off + b)
 
     def dtype(self, key: str) -> torch.dtype:
         ref = self.resolve(key)
@@ -251,7 +286,7 @@ class Checkpoint:
     def stored_dtype(self, name: str) -> torch.dtype:
         if name in self.staged:
             return self.staged[name].dtype
-        return self.entries[name].torch_dtype
+        return self.entries[name].torch_dtype  # row patches keep the stored dtype
 
     # ------------------------------------------------------------------ writes
 
@@ -272,10 +307,47 @@ class Checkpoint:
             if not (resize and ref.view.rows is None and value.dim() == len(want)):
                 raise EditError(f"{key} ({ref.tensor}): shape {tuple(value.shape)} does not match {tuple(want)}")
         dtype = self.stored_dtype(ref.tensor)
-        stored_value = _cast(value, dtype, f"{key} ({ref.tensor})")
+        stored_value = cast_checked(value, dtype, f"{key} ({ref.tensor})")
         base = self.stored(ref.tensor) if ref.view.rows is not None else None
         staged = ref.view.write(base, stored_value).contiguous()
-        self.staged[ref.tensor] = staged.clone() if _shares(staged, value) else staged
+        self.staged[ref.tensor] = staged.clone() if shares_memory(staged, value) else staged
+        self.patches.pop(ref.tensor, None)  # the whole value supersedes staged rows
+
+    def set_rows(self, key: str, start: int, value: torch.Tensor) -> None:
+        """Stage rows ``start .. start + len(value)`` of a role key or raw name ((out, in) rows).
+
+        Only these rows are held: :func:`surgeon.io.save.save` writes them at
+        their byte offsets and copies the rest of the tensor from the input
+        (:class:`surgeon.io.rows.RowPatches`). Rows may run past the end to
+        append (vocabulary growth: ``start`` at most the current row count; the
+        shard is then rewritten, still streaming). Values are checked as in
+        :meth:`set`. A view whose rows are not contiguous on disk (Conv1D,
+        head-interleaved parts) is read whole, changed and set.
+        """
+        import torch
+
+        ref = self.resolve(key)
+        value = torch.as_tensor(value).detach().cpu()
+        want = self.shape(key)
+        n = want[0] if want else 0
+        what = f"{key} ({ref.tensor})"
+        if not want or tuple(value.shape[1:]) != tuple(want[1:]) or value.dim() != len(want):
+            raise EditError(f"{what}: rows of shape {tuple(value.shape)} do not fit shape {tuple(want)}")
+        if not isinstance(start, int) or not 0 <= start <= n:
+            raise EditError(f"{what}: start row {start!r} is outside 0..{n}")
+        grows = start + value.shape[0] > n
+        off = self._rows_on_disk(ref)
+        if grows and (ref.view.rows is not None or off != 0):
+            raise EditError(f"{what}: rows {start}..{start + value.shape[0]} run past the {n} rows of a part or Conv1D view")
+        stored_value = cast_checked(value, self.stored_dtype(ref.tensor), what)
+        if off is None or ref.tensor in self.staged or ref.tensor not in self.entries:
+            whole = ref.view.read(self.stored(ref.tensor))
+            whole = torch.cat([whole[:start], stored_value, whole[start + value.shape[0]:]]) if grows else whole.clone()
+            whole[start : start + value.shape[0]] = stored_value
+            self.set(key, whole, resize=grows)
+            return
+        patched = self.patches.setdefault(ref.tensor, RowPatches(self.entries[ref.tensor]))
+        patched.put(off + start, stored_value.clone() if shares_memory(stored_value, value) else stored_value)
 
     __setitem__ = set
 
@@ -296,8 +368,8 @@ class Checkpoint:
 
         dtype = dtype or self.entries[weight].torch_dtype
         value = torch.as_tensor(value).detach().cpu()
-        staged = _cast(value, dtype, f"{key} ({name})").contiguous()
-        self.staged[name] = staged.clone() if _shares(staged, value) else staged
+        staged = cast_checked(value, dtype, f"{key} ({name})").contiguous()
+        self.staged[name] = staged.clone() if shares_memory(staged, value) else staged
         self.added[name] = self.entries[weight].file
         self._roles = None  # the new tensor gets its role on next lookup
         return name
@@ -324,6 +396,7 @@ class Checkpoint:
     def reset(self) -> None:
         """Drop every staged change."""
         self.staged.clear()
+        self.patches.clear()
         self.added.clear()
         self.files.clear()
         self.edits.clear()
@@ -333,12 +406,11 @@ class Checkpoint:
 
     @property
     def changed(self) -> list[str]:
-        return sorted(self.staged)
+        """Tensors with staged changes: whole values and row patches."""
+        return sorted(set(self.staged) | set(self.patches))
 
     def save(self, out_dir, **kwargs):
-        """Write a new checkpoint; see :func:`surgeon.save.save`."""
-        from .save import save
-
+        """Write a new checkpoint; see :func:`surgeon.io.save.save`."""
         return save(self, out_dir, **kwargs)
 
     @contextmanager
@@ -349,7 +421,7 @@ class Checkpoint:
         (hard links for untouched shards, so it is cheap). The runtime bridge
         loads models from here, so what you test is exactly what save writes.
         """
-        if not (self.staged or self.files or self.config != self.original_config):
+        if not (self.staged or self.patches or self.files or self.config != self.original_config):
             yield self.path
             return
         with tempfile.TemporaryDirectory(prefix="surgeon-view-", dir=_link_friendly_tmp(self.path)) as tmp:
@@ -373,50 +445,3 @@ def _link_friendly_tmp(src: Path) -> str | None:
     except OSError:
         return None
     return str(src.parent) if os.access(src.parent, os.W_OK) else None
-
-
-def _shares(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two tensors share memory (so changing one in place changes the other)."""
-    if a.numel() == 0 or b.numel() == 0:
-        return False
-    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
-
-
-def _cast(value: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Tensor:
-    """``value`` in the stored dtype, refusing NaN/Inf and values the dtype cannot hold.
-
-    One ``aminmax`` pass (NaN and Inf propagate into it; no mask is allocated)
-    decides; the exact counts are computed only when something is wrong.
-    """
-    import torch
-
-    if not value.is_floating_point():
-        if value.dtype == dtype:
-            return value
-        raise EditError(f"{what}: value of dtype {value.dtype} cannot be cast to {dtype}")
-    if not dtype.is_floating_point:
-        raise EditError(f"{what}: stored as {dtype_code(dtype)}; surgeon edits floating-point tensors only")
-    lo, hi = _range(value)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        nan = int(torch.isnan(value).sum())
-        kind, count = ("NaN", nan) if nan else ("Inf", int(torch.isinf(value).sum()))
-        raise EditError(f"{what}: edit produced {kind} in {count} of {value.numel()} values")
-    fi = torch.finfo(dtype)
-    # IEEE rounding sends |x| >= max + half an ulp to inf (float8 without inf would clip it silently)
-    overflow_at = fi.max + math.ldexp(fi.eps / 2, math.frexp(fi.max)[1] - 1)
-    if max(-lo, hi) >= overflow_at:
-        raise EditError(f"{what}: value {max(-lo, hi):.4g} overflows {dtype_code(dtype)} (max {fi.max:.4g}) on cast")
-    return value.to(dtype)
-
-
-def _range(value: torch.Tensor) -> tuple[float, float]:
-    """(min, max) of a float tensor; NaN if it holds a NaN."""
-    import torch
-
-    if value.numel() == 0:
-        return 0.0, 0.0
-    try:
-        lo, hi = torch.aminmax(value)
-    except (RuntimeError, NotImplementedError):  # dtypes without aminmax (float8): through float32
-        lo, hi = torch.aminmax(value.float())
-    return float(lo), float(hi)

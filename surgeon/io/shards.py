@@ -10,6 +10,7 @@ that names the file before anything is mapped or allocated.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from math import prod
 
-from .errors import HeaderError
+from surgeon.errors import HeaderError
 
 # safetensors dtype code -> bytes per element. torch is imported only when a
 # tensor is read or written, so header work (inspect, open) starts in ~0.1 s.
@@ -166,21 +167,35 @@ def read_tensor(path: str | os.PathLike, e: TensorEntry):
     size in memory: mapped pages of a shard would count toward the process's
     resident memory for as long as the mapping lives.
     """
+    return _read_span(path, e, e.start, e.nbytes).view(e.torch_dtype).reshape(e.shape)
+
+
+def read_rows(path: str | os.PathLike, e: TensorEntry, a: int, b: int):
+    """Rows ``a .. b`` of tensor ``e`` (first dimension, as stored): only those rows' bytes are read."""
+    if not 0 <= a <= b <= (e.shape[0] if e.shape else 0):
+        raise HeaderError(f"{path}: rows {a}..{b} outside tensor {_brief(e.name)} of shape {list(e.shape)}")
+    row = prod(e.shape[1:]) * ITEMSIZE[e.dtype]
+    buf = _read_span(path, e, e.start + a * row, (b - a) * row)
+    return buf.view(e.torch_dtype).reshape((b - a, *e.shape[1:]))
+
+
+def _read_span(path, e: TensorEntry, start: int, nbytes: int):
+    """``nbytes`` from ``start`` into a fresh uint8 tensor (``e`` names the tensor in errors)."""
     import torch
 
-    buf = torch.empty(e.nbytes, dtype=torch.uint8)
-    if e.nbytes:
+    buf = torch.empty(nbytes, dtype=torch.uint8)
+    if nbytes:
         view = memoryview(buf.numpy())
         got = 0
         with open(path, "rb", buffering=0) as f:
-            f.seek(e.start)
-            while got < e.nbytes:
+            f.seek(start)
+            while got < nbytes:
                 n = f.readinto(view[got:])
                 if not n:
-                    raise HeaderError(f"{path}: ended at byte {e.start + got} inside tensor {_brief(e.name)} "
+                    raise HeaderError(f"{path}: ended at byte {start + got} inside tensor {_brief(e.name)} "
                                       "(changed or truncated since it was opened?)")
                 got += n
-    return buf.view(e.torch_dtype).reshape(e.shape)
+    return buf
 
 
 def sha256_range(path: str, start: int, end: int) -> str:
@@ -250,3 +265,33 @@ def write_shard(path: str | os.PathLike, items, metadata: dict | None = None) ->
                 done += memoryview(piece).nbytes
             if done != nbytes:
                 raise HeaderError(f"{path}: tensor {name!r}: wrote {done} bytes, its shape needs {nbytes}")
+
+
+def copy_range(fi, fo, start: int, n: int) -> None:
+    """Append ``n`` bytes of ``fi`` from ``start`` to ``fo``: in the kernel when it can, else in 16 MB pieces."""
+    if n <= 0:
+        return
+    fo.flush()
+    src_fd, dst_fd = fi.fileno(), fo.fileno()
+    off = start
+    left = n
+    try:
+        while left:
+            done = os.copy_file_range(src_fd, dst_fd, left, off)
+            if done == 0:
+                raise HeaderError(f"{fi.name}: ended early while copying (truncated during save?)")
+            off += done
+            left -= done
+        fo.seek(0, os.SEEK_END)
+        return
+    except (AttributeError, OSError) as e:
+        if isinstance(e, OSError) and e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    fo.seek(0, os.SEEK_END)  # the kernel may have appended some bytes before failing
+    fi.seek(off)
+    while left:
+        chunk = fi.read(min(left, 16 << 20))
+        if not chunk:
+            raise HeaderError(f"{fi.name}: ended early while copying (truncated during save?)")
+        fo.write(chunk)
+        left -= len(chunk)

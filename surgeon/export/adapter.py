@@ -34,21 +34,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import secrets
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from .errors import EditError, OutputError, SurgeonError
+from surgeon.errors import EditError, SurgeonError
+from surgeon.io.atomic import atomic_output, check_output
+from surgeon.io.changes import IGNORED_CONFIG, changed_names, config_changes, oriented, unit_roundoff, whole_ref
+from surgeon.io.checkpoint import Checkpoint, open_checkpoint
 
 REPORT = "surgeon_adapter.json"
-# unit round-off of each storage dtype: rounding moves a value by at most u·|x|
-_ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -24, torch.float64: 2.0 ** -53}
-_IGNORED_CONFIG = {"transformers_version", "_name_or_path", "_model_name_or_path"}
 
 
 class AdapterError(EditError):
@@ -110,8 +107,6 @@ def export_adapter(edited, base, out, *, rank: int | None = None, tol: float | N
     and this adapter reproduces ``edited`` (unmerged; merging is impossible
     where ``lora_bias`` sits on a module without a bias).
     """
-    from .checkpoint import Checkpoint, open_checkpoint
-
     ed = edited if isinstance(edited, Checkpoint) else open_checkpoint(edited)
     bs = base if isinstance(base, Checkpoint) else open_checkpoint(base)
     if rank is not None and rank < 1:
@@ -123,8 +118,7 @@ def export_adapter(edited, base, out, *, rank: int | None = None, tol: float | N
         raise AdapterError(f"{bs.path}: unknown architecture; adapter targets come from the role table")
     if ed.architecture is None or ed.architecture.name != arch.name:
         raise AdapterError(f"{ed.path}: architecture {getattr(ed.architecture, 'name', None)} differs from the base's {arch.name}")
-    out = Path(out).absolute()
-    _check_out(out, overwrite, (bs.path, ed.path))
+    out = check_output(out, (bs.path, ed.path), overwrite=overwrite)  # fail before the factorisations
 
     model = _meta_model(bs)
     modules = dict(model.named_modules())
@@ -134,7 +128,7 @@ def export_adapter(edited, base, out, *, rank: int | None = None, tol: float | N
     biases: dict[str, torch.Tensor] = {}
     save_whole: set[str] = set()
 
-    for name in _changed(ed, bs):
+    for name in changed_names(ed, bs):
         rows = _classify(name, ed, bs, arch, modules)
         for t in rows:
             report.tensors.append(t)
@@ -143,7 +137,7 @@ def export_adapter(edited, base, out, *, rank: int | None = None, tol: float | N
             mod = modules[t.module]
             new, old = _pair(name, ed, bs)
             delta = new - old
-            rounding = _ROUNDOFF.get(ed.stored_dtype(name), 2.0 ** -8) / math.sqrt(3) * float(new[delta != 0].norm())
+            rounding = unit_roundoff(ed.stored_dtype(name)) / math.sqrt(3) * float(new[delta != 0].norm())
             if isinstance(mod, torch.nn.Embedding):
                 delta = delta.T  # peft's embedding LoRA: ΔE = (B A)ᵀ with B (hidden, r), A (r, vocab)
             b, a = _factor(delta, t, rounding, rank, tol)
@@ -191,39 +185,9 @@ def export_adapter(edited, base, out, *, rank: int | None = None, tol: float | N
 # --------------------------------------------------------------------------- what changed
 
 
-def _changed(ed, bs) -> list[str]:
-    """Tensor names whose value differs (hard-linked, unstaged shards are skipped without reading)."""
-    names = []
-    for name in sorted(set(ed.entries) | set(ed.added) | set(bs.entries), key=_natural):
-        if name not in bs.entries or (name not in ed.entries and name not in ed.added):
-            names.append(name)
-            continue
-        if name not in ed.staged and _same_bytes(ed, bs, name):
-            continue
-        a, b = ed.stored(name), bs.original(name)
-        if a.shape != b.shape or a.dtype != b.dtype or not torch.equal(a, b):
-            names.append(name)
-    return names
-
-
-def _natural(name: str):
-    """Sort key that puts layers.2 before layers.10."""
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split(".")]
-
-
-def _same_bytes(ed, bs, name) -> bool:
-    ea, eb = ed.entries[name], bs.entries[name]
-    try:
-        same_file = os.path.samefile(ed.path / ea.file, bs.path / eb.file)
-    except OSError:
-        return False
-    return same_file and (ea.start, ea.end) == (eb.start, eb.end)
-
-
 def _classify(name, ed, bs, arch, modules) -> list[TensorExport]:
     """One row per changed tensor (two for a tied embedding: embed and lm_head)."""
-    refs = ed.roles.by_tensor.get(name) or bs.roles.by_tensor.get(name) or []
-    ref = next((r for r in refs if r.view.rows is None), refs[0] if refs else None)
+    ref = whole_ref(ed, name) or whole_ref(bs, name)
     key = ref.key if ref else name
     module_path, _, param = name.rpartition(".")
     module = arch.module_in_model(module_path, modules)
@@ -274,13 +238,9 @@ def _classify(name, ed, bs, arch, modules) -> list[TensorExport]:
 
 def _config_changes(ed, bs, arch, report) -> dict:
     """Config keys that differ; bias flags are fine when their biases were all carried, others are skipped."""
-    changes = {}
+    changes = config_changes(bs.config, ed.config, ignore=IGNORED_CONFIG)
     flags = arch.bias_flags or {}
-    for k in sorted(set(ed.config) | set(bs.config)):
-        a, b = bs.config.get(k), ed.config.get(k)
-        if a == b or k in _IGNORED_CONFIG:
-            continue
-        changes[k] = [a, b]
+    for k, (a, b) in changes.items():
         if k in flags and not a and b:
             continue  # the added biases are checked tensor by tensor (bias or noop rows)
         report.tensors.append(TensorExport(key=f"config.{k}", tensor="config.json", module=None, kind="skipped", shape=[],
@@ -293,13 +253,9 @@ def _config_changes(ed, bs, arch, report) -> dict:
 
 def _pair(name, ed, bs) -> tuple[torch.Tensor, torch.Tensor]:
     """(edited, original) in (out, in) orientation (Conv1D shown transposed, as the role view does), float32."""
-    refs = ed.roles.by_tensor.get(name) or []
-    ref = next((r for r in refs if r.view.rows is None), None)
     new = ed.stored(name)
     old = bs.original(name) if name in bs.entries else torch.zeros_like(new)
-    if ref is not None:
-        new, old = ref.view.read(new), ref.view.read(old)
-    return new.float(), old.float()
+    return oriented(ed, name, new).float(), oriented(ed, name, old).float()
 
 
 def _delta(name, ed, bs) -> torch.Tensor:
@@ -473,34 +429,11 @@ def _disk_name(module, param, ck, arch):
 # --------------------------------------------------------------------------- output
 
 
-def _check_out(out: Path, overwrite: bool, inputs) -> None:
-    for src in inputs:
-        real = Path(os.path.realpath(out))
-        if real == src or src in real.parents or real in src.parents:
-            raise OutputError(f"{out}: the adapter must not be written into or around a checkpoint ({src})")
-    if out.exists() and not overwrite:
-        raise OutputError(f"{out}: already exists (pass overwrite=True / --overwrite to replace it)")
-    if not out.parent.is_dir():
-        raise OutputError(f"{out.parent}: parent directory of the output does not exist")
-
-
 def _write(out: Path, state, config, report, overwrite) -> None:
     """adapter_config.json + adapter_model.safetensors + surgeon_adapter.json, swapped in atomically."""
     from safetensors.torch import save_file
 
-    tmp = out.parent / f".{out.name}.surgeon-tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
+    with atomic_output(out, overwrite=overwrite) as tmp:
         save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         config.save_pretrained(str(tmp))
         (tmp / REPORT).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
-        if out.exists() and overwrite:
-            old = out.parent / f".{out.name}.surgeon-old-{secrets.token_hex(4)}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -3,7 +3,7 @@
 ``finetune(ck, task, FinetuneConfig(method="lora", layers="0-6", roles="attn,mlp"))``
 trains the chosen layers × roles on the task's training examples and stages
 the changed tensors into the Checkpoint, so the result goes through the same
-:func:`surgeon.save.save` (and manifest) as a hand edit.
+:func:`surgeon.io.save.save` (and manifest) as a hand edit.
 
 * **Which tensors** come from the role vocabulary, never from module lists:
   ``attn`` is every attention projection of the family's role table
@@ -40,64 +40,27 @@ vanishes there, so the result reports how much survived the cast
 
 from __future__ import annotations
 
-import inspect
 import math
-import re
-import resource
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from tqdm.auto import tqdm
 
-from .errors import SurgeonError
-from .task import Task
+from surgeon.io.atomic import check_output
+from surgeon.io.changes import count_changed
+from surgeon.io.checkpoint import Checkpoint, open_checkpoint
+from surgeon.runtime import load
+from surgeon.study.config import FinetuneConfig, FinetuneError
+from surgeon.study.cost import peak_rss_mb
+from surgeon.study.task import Task
 
 GROUPS = ("attn", "mlp", "norm")
 TOP = ("embed", "lm_head", "final_norm")
-
-
-class FinetuneError(SurgeonError):
-    """A fine-tune configuration that does not fit this checkpoint or task."""
-
-
-@dataclass
-class FinetuneConfig:
-    """What to train and how. ``layers``: "0-6", "18-23", "0,3,5", "all" or a list;
-    ``roles``: "attn,mlp", "mlp.down", "lm_head" (``+`` separates too)."""
-
-    method: str = "lora"  # lora | full
-    layers: str | list[int] = "all"
-    roles: str | list[str] = "attn,mlp"
-    rank: int = 8
-    alpha: float | None = None  # LoRA scale numerator; default 2 × rank
-    steps: int = 40
-    lr: float | None = None  # default 1e-3 for LoRA, 1e-4 for full
-    seed: int = 0
-    batch: int = 8
-    max_length: int = 64
-    max_delta: float | None = None  # full only: keep every weight within ± this of its start (FT-L's L∞ bound)
-
-    def resolved(self, num_layers: int) -> FinetuneConfig:
-        if self.method not in ("lora", "full"):
-            raise FinetuneError(f"method {self.method!r}: choose lora or full")
-        if self.steps < 1 or self.batch < 1 or self.rank < 1:
-            raise FinetuneError("steps, batch and rank must be at least 1")
-        if self.lr is not None and not self.lr > 0:
-            raise FinetuneError(f"lr {self.lr}: must be positive")
-        if self.alpha is not None and not self.alpha > 0:
-            raise FinetuneError(f"alpha {self.alpha}: must be positive (alpha 0 trains an update that is never applied)")
-        if self.max_length < 2:
-            raise FinetuneError(f"max_length {self.max_length}: an example needs at least 2 tokens")
-        if self.max_delta is not None and (self.method != "full" or self.max_delta <= 0):
-            raise FinetuneError("max_delta is a positive bound for method=full (FT-L)")
-        return FinetuneConfig(
-            method=self.method, layers=parse_layers(self.layers, num_layers), roles=parse_roles(self.roles),
-            rank=self.rank, alpha=self.alpha if self.alpha is not None else 2.0 * self.rank, steps=self.steps,
-            lr=self.lr if self.lr is not None else (1e-3 if self.method == "lora" else 1e-4),
-            seed=self.seed, batch=self.batch, max_length=self.max_length, max_delta=self.max_delta)
 
 
 @dataclass
@@ -119,8 +82,6 @@ class FinetuneResult:
     ck: object = None
 
     def to_dict(self) -> dict:
-        from dataclasses import fields
-
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("ck", "manifest")}
 
 
@@ -132,37 +93,6 @@ def check(ck, config: FinetuneConfig) -> list[str]:
     (compare calls this for every arm before it spends minutes on the first one.)"""
     cfg = config.resolved(ck.num_layers)
     return target_keys(ck, cfg.layers, cfg.roles)
-
-
-def parse_layers(spec, num_layers: int) -> list[int]:
-    """``"0-6"`` / ``"0,3,5"`` / ``"all"`` / ``[0, 1]`` -> sorted layer indices, checked against the model."""
-    if isinstance(spec, (list, tuple)):
-        out = [int(x) for x in spec]
-    else:
-        s = str(spec).strip()
-        if s == "all":
-            return list(range(num_layers))
-        out = []
-        for part in s.split(","):
-            m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-            if not m:
-                raise FinetuneError(f"layers {spec!r}: expected ranges like 0-6, lists like 0,3,5, or all")
-            a, b = int(m.group(1)), int(m.group(2) or m.group(1))
-            if b < a:
-                raise FinetuneError(f"layers {spec!r}: range {a}-{b} runs backwards")
-            out.extend(range(a, b + 1))
-    bad = [x for x in out if not 0 <= x < num_layers]
-    if bad:
-        raise FinetuneError(f"layers {spec!r}: layer {bad[0]} does not exist (the model has {num_layers}: 0-{num_layers - 1})")
-    return sorted(set(out))
-
-
-def parse_roles(spec) -> list[str]:
-    items = spec if isinstance(spec, (list, tuple)) else re.split(r"[,+\s]+", str(spec))
-    out = [r.strip() for r in items if r and r.strip()]
-    if not out:
-        raise FinetuneError("roles: name at least one (attn, mlp, norm, a role such as mlp.down, lm_head, embed)")
-    return out
 
 
 def target_keys(ck, layers: list[int], roles: list[str]) -> list[str]:
@@ -269,24 +199,50 @@ def finetune(ck_or_path, task: Task | str | Path, config: FinetuneConfig | None 
     checkpoint object is returned in ``result.ck`` either way, so an edit can
     be staged before and the fine-tune starts from it.
     """
-    from .checkpoint import Checkpoint, open_checkpoint
-    from .runtime import load
-
     t0 = time.perf_counter()
     ck = ck_or_path if isinstance(ck_or_path, Checkpoint) else open_checkpoint(ck_or_path)
     task = task if isinstance(task, Task) else Task.load(task)
     cfg = (config or FinetuneConfig()).resolved(ck.num_layers)
     keys = target_keys(ck, cfg.layers, cfg.roles)
     if out is not None:
-        from .save import _check_output
-
-        _check_output(ck.path, Path(out).absolute(), overwrite)  # fail before training, not after
+        check_output(out, (ck.path,), overwrite=overwrite)  # fail before training, not after
     notes: list[str] = []
 
     torch.manual_seed(cfg.seed)
     rt = load(ck)
-    tok = rt.tokenizer
-    rows = _encode(tok, task, cfg.max_length, notes)
+    rows = _encode(rt.tokenizer, task, cfg.max_length, notes)
+    job = _prepare(rt, ck, cfg, keys, notes)
+    losses, tokens, train_s = _train(rt, job, rows, cfg, progress)
+    changed, update_kept = _write_back(ck, job, keys, notes)
+
+    cfg_doc = asdict(cfg)
+    ck.record("finetune", **cfg_doc, targets=keys, task=task.name)
+    result = FinetuneResult(
+        config=cfg_doc, targets=keys, trainable_params=job.n_trainable, params_changed=changed, steps=cfg.steps,
+        tokens=tokens, train_s=train_s, wall_s=time.perf_counter() - t0,
+        tokens_per_s=tokens / train_s if train_s > 0 else 0.0, peak_rss_mb=peak_rss_mb(), losses=losses,
+        update_kept=update_kept, notes=notes, ck=ck)
+    if out is not None:
+        src = source or {"kind": "finetune", "task": task.name,
+                         "task_path": str(task.path.absolute()) if task.path else None}
+        result.manifest = ck.save(out, copy=copy, overwrite=overwrite, source={**src, "finetune": result.to_dict()})
+        result.wall_s = time.perf_counter() - t0
+    return result
+
+
+@dataclass
+class _Job:
+    """The model as it will train: the (possibly peft-wrapped) model, the trained modules, their parameters."""
+
+    model: torch.nn.Module  # the base model
+    train_model: torch.nn.Module  # what the loop calls: the peft wrapper under LoRA, else the model
+    modules: dict  # role key -> module
+    params: list  # trainable parameters
+    n_trainable: int
+
+
+def _prepare(rt, ck, cfg: FinetuneConfig, keys: list[str], notes: list[str]) -> _Job:
+    """Freeze everything; wrap the chosen matrices in LoRA (peft) or unfreeze them (full); norms train in full."""
     model = rt.model
     modules = {k: rt.module(k) for k in keys}
     names = {id(m): n for n, m in model.named_modules()}
@@ -294,13 +250,10 @@ def finetune(ck_or_path, task: Task | str | Path, config: FinetuneConfig | None 
     matrices = [k for k in keys if k not in vectors]
     if ck.tied and "lm_head" in keys and cfg.method == "full":
         notes.append("tied embeddings: lm_head is embed, so the one shared matrix trains (input side included)")
-
     for p in model.parameters():
         p.requires_grad_(False)
     train_model = model
     if cfg.method == "lora" and matrices:
-        from peft import LoraConfig, get_peft_model
-
         lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, bias="none",
                           target_modules=[names[id(modules[k])] for k in matrices])
         with warnings.catch_warnings():
@@ -311,31 +264,27 @@ def finetune(ck_or_path, task: Task | str | Path, config: FinetuneConfig | None 
                          "so the saved model's input embeddings move by the same update")
         elif ck.tied and "lm_head" in matrices:
             notes.append("LoRA on tied embed and lm_head: two adapters, both merged into the one shared matrix")
-    full = keys if cfg.method == "full" else vectors
-    for k in full:
+    for k in keys if cfg.method == "full" else vectors:
         for p in modules[k].parameters(recurse=False):
             p.requires_grad_(True)
-    params = [p for p in train_model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in {id(p): p for p in params}.values())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    bounds = [(p, p.detach().clone()) for p in {id(p): p for p in params}.values()] if cfg.max_delta else []
-    keep_kw = "logits_to_keep" in inspect.signature(type(model).forward).parameters
+    params = list({id(p): p for p in train_model.parameters() if p.requires_grad}.values())
+    return _Job(model, train_model, modules, params, sum(p.numel() for p in params))
 
-    from tqdm.auto import tqdm
 
+def _train(rt, job: _Job, rows, cfg: FinetuneConfig, progress: bool) -> tuple[list[float], int, float]:
+    """AdamW over the batches, loss on the label positions only; returns (losses, tokens seen, seconds)."""
+    opt = torch.optim.AdamW(job.params, lr=cfg.lr, weight_decay=0.0)
+    bounds = [(p, p.detach().clone()) for p in job.params] if cfg.max_delta else []
     losses, tokens = [], 0
-    train_model.train()
-    t_train = time.perf_counter()
-    bar = tqdm(_batches(rows, cfg.batch, cfg.steps, cfg.seed, tok.pad_token_id), total=cfg.steps,
+    job.train_model.train()
+    t0 = time.perf_counter()
+    bar = tqdm(_batches(rows, cfg.batch, cfg.steps, cfg.seed, rt.tokenizer.pad_token_id), total=cfg.steps,
                desc=f"finetune {cfg.method}", disable=not progress, leave=False)
     for ids, attn, label in bar:
         predict = torch.zeros_like(label)
         predict[:, :-1] = label[:, 1:]  # position t predicts token t+1
         targets = ids[:, 1:][label[:, 1:]]
-        if keep_kw:
-            logits = train_model(input_ids=ids, attention_mask=attn, logits_to_keep=predict).logits
-        else:
-            logits = train_model(input_ids=ids, attention_mask=attn).logits[predict]
+        logits = rt.logits(ids, keep=predict, model=job.train_model, attention_mask=attn)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -347,19 +296,22 @@ def finetune(ck_or_path, task: Task | str | Path, config: FinetuneConfig | None 
         losses.append(loss.item())
         tokens += int(attn.sum())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    train_s = time.perf_counter() - t_train
-    train_model.eval()
+    job.train_model.eval()
+    return losses, tokens, time.perf_counter() - t0
 
-    if train_model is not model:
+
+def _write_back(ck, job: _Job, keys: list[str], notes: list[str]) -> tuple[int, float]:
+    """Merge LoRA, stage each trained tensor into ``ck``; returns (elements changed, share of the update kept)."""
+    model = job.model
+    if job.train_model is not model:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*|.*tied.*")
-            model = train_model.merge_and_unload()
+            model = job.train_model.merge_and_unload()
     for p in model.parameters():
         p.requires_grad_(False)
-
     changed, trained_sq, lost_sq = 0, 0.0, 0.0
     for k in keys:
-        for pname, p in modules[k].named_parameters(recurse=False):
+        for pname, p in job.modules[k].named_parameters(recurse=False):
             pkey = k if pname == "weight" else f"{k}.{pname}"
             if pkey not in ck:
                 continue
@@ -368,25 +320,11 @@ def finetune(ck_or_path, task: Task | str | Path, config: FinetuneConfig | None 
             old = ref.view.read(ck.stored(ref.tensor)).float()
             ck[pkey] = new
             saved = ck[pkey]
-            changed += int((saved != old).sum())
+            changed += count_changed(old, saved)
             trained_sq += float((new - old).pow(2).sum())
             lost_sq += float((saved - new).pow(2).sum())
     update_kept = 1.0 - math.sqrt(lost_sq / trained_sq) if trained_sq > 0 else 0.0
     if trained_sq > 0 and update_kept < 0.5:
         notes.append(f"only {update_kept:.0%} of the update's norm survives the cast to the stored dtype; "
                      "raise lr or steps, or the change is below the weights' rounding step")
-
-    cfg_doc = asdict(cfg)
-    ck.record("finetune", **cfg_doc, targets=keys, task=task.name)
-    wall = time.perf_counter() - t0
-    result = FinetuneResult(
-        config=cfg_doc, targets=keys, trainable_params=n_trainable, params_changed=changed, steps=cfg.steps,
-        tokens=tokens, train_s=train_s, wall_s=wall, tokens_per_s=tokens / train_s if train_s > 0 else 0.0,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, losses=losses,
-        update_kept=update_kept, notes=notes, ck=ck)
-    if out is not None:
-        src = source or {"kind": "finetune", "task": task.name,
-                         "task_path": str(task.path.absolute()) if task.path else None}
-        result.manifest = ck.save(out, copy=copy, overwrite=overwrite, source={**src, "finetune": result.to_dict()})
-        result.wall_s = time.perf_counter() - t0
-    return result
+    return changed, update_kept

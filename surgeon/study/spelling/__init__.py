@@ -1,0 +1,111 @@
+"""Spelling conventions as rule sets: convert text, and count how often a text follows them.
+
+A spelling task (pre-1918 Russian orthography, British English) is defined by
+rules, not by a list of examples, so the same rules make the training texts,
+the probes, and the score of free generations (:meth:`RuleSet.rate`). Every
+rule set maps a word in the *source* convention to the *target* one
+(:meth:`RuleSet.convert`) and back (:meth:`RuleSet.source`). A written word
+is *counted* when the rules spell it differently in the two conventions
+(*applicable*) or when it carries target-convention marks the rules would not
+put there (*over-marked*: ``многоъ``, ``ъъъ``, a fine-tune's overshoot); the
+rate is the share of counted words written exactly as the rules want. Words
+the rules know nothing about and that carry no such marks are not counted, so
+the rate measures what the rules define — no more, and no reward for spraying
+the marks everywhere.
+
+``get("prereform_ru")`` and ``get("en_gb")`` return the two rule sets; see
+:class:`PrereformRussian` and :class:`BritishEnglish` for what they cover
+and, as importantly, what they do not. The base class and the score live in
+``base``, each convention in its own module, its word lists as data files
+under ``surgeon/data/spelling/``.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import cache
+
+from surgeon.study.spelling.base import Change, RuleSet, SpellingError, SpellingScore
+from surgeon.study.spelling.en_gb import BritishEnglish
+from surgeon.study.spelling.prereform_ru import PrereformRussian
+
+__all__ = ["BritishEnglish", "Change", "PrereformRussian", "RuleSet", "SpellingError", "SpellingScore", "get",
+           "names", "spelling_task"]
+
+_REGISTRY = {"prereform_ru": PrereformRussian, "en_gb": BritishEnglish}
+_ALIASES = {"prereform": "prereform_ru", "pre1918_ru": "prereform_ru", "british": "en_gb", "en_us_gb": "en_gb"}
+
+
+def get(name: str) -> RuleSet:
+    """The rule set called ``name`` (``prereform_ru``, ``en_gb``; one shared instance each)."""
+    key = _ALIASES.get(name, name)
+    if key not in _REGISTRY:
+        raise SpellingError(f"unknown spelling rules {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _instance(key)
+
+
+@cache
+def _instance(key: str) -> RuleSet:
+    return _REGISTRY[key]()
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def _probe(rs: RuleSet, sentence: str, rng: random.Random) -> dict | None:
+    """A prompt ending before one respelled word (chosen by ``rng``), its target and original, and the rest."""
+    ch = [c for c in rs.changes(sentence) if c.start > 0 and sentence[c.start - 1] == " "]
+    if not ch:
+        return None
+    c = rng.choice(ch)
+    return {"prompt": sentence[:c.start - 1], "target": " " + c.target, "original": " " + c.source,
+            "_rest": " " + rs.convert(sentence[c.start:])}
+
+
+def _public(p: dict) -> dict:
+    return {k: v for k, v in p.items() if not k.startswith("_")}
+
+
+def spelling_task(rules: str | RuleSet, sentences: list[str], *, name: str, description: str = "",
+                  train_share: float = 0.7, probes: int = 40, seed: int = 0, spelling_prompts: list[str] = (),
+                  max_new_tokens: int = 40, specificity: list = (), neutral=None) -> dict:
+    """A task file (as a dict) teaching a spelling convention, made from source-convention sentences.
+
+    The sentences are split (seeded) into training and held-out ones. Training
+    examples are each training sentence in the target convention (a raw text)
+    and a prompt -> completion pair: the sentence's source-convention start,
+    up to a respelled word, continued in the target convention — the
+    behaviour asked for is "write the target convention whatever the prompt's".
+    Efficacy probes are such starts from training sentences, generalisation
+    probes from held-out ones: prompt = the start, target = the word in the
+    target spelling, original = as written (``"Мы вошли в тёмный"`` ->
+    ``" лѣсъ"`` instead of ``" лес"``).
+    """
+    rs = get(rules) if isinstance(rules, str) else rules
+    order = list(range(len(sentences)))
+    random.Random(seed).shuffle(order)
+    cut = round(train_share * len(order))
+    rng = random.Random(seed + 1)
+    train, eff = [], []
+    for s in (sentences[i] for i in order[:cut]):
+        train.append({"text": rs.convert(s)})
+        p = _probe(rs, s, rng)
+        if p:
+            train.append({"prompt": p["prompt"], "completion": p["_rest"]})
+            if len(eff) < probes:
+                eff.append(_public(p))
+    gen = []
+    for s in (sentences[i] for i in order[cut:]):
+        p = _probe(rs, s, rng)
+        if p and len(gen) < probes:
+            gen.append(_public(p))
+    doc = {"name": name, "description": description or rs.description, "train": train, "efficacy": eff,
+           "generalisation": gen, "specificity": list(specificity),
+           "neutral": neutral if neutral is not None else {"corpus": "neutral_en", "texts": 8}}
+    if spelling_prompts:
+        doc["spelling"] = {"rules": rs.name, "prompts": list(spelling_prompts), "max_new_tokens": max_new_tokens}
+    return doc
