@@ -138,7 +138,8 @@ def main():
         for _ in range(a.repeats):  # interleaved, so a burst of load on a shared machine hits every variant
             for v in a.variants.split(","):
                 p = subprocess.run([sys.executable, __file__, "--child", v, model, "--steps", str(a.steps)],
-                                   capture_output=True, text=True, env={**os.environ, "SURGEON_THREADS": threads}, check=False)
+                                   capture_output=True, text=True, env={**os.environ, "SURGEON_THREADS": threads},
+                                   check=False)
                 line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
                 if line is None:
                     print(f"{model} {v}: failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}", file=sys.stderr)

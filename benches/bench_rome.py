@@ -61,7 +61,8 @@ def neutral_batch(rt, max_length: int = 128) -> dict:
     from surgeon.data import neutral_paragraphs
 
     rt.tokenizer.padding_side = "right"
-    return dict(rt.tokenizer(neutral_paragraphs("eval"), return_tensors="pt", padding=True, truncation=True, max_length=max_length))
+    return dict(rt.tokenizer(neutral_paragraphs("eval"), return_tensors="pt", padding=True, truncation=True,
+                             max_length=max_length))
 
 
 @torch.no_grad()
@@ -89,7 +90,8 @@ def edit_and_measure(ck, rt, fact, *, layer, covariance, params, batch, base, be
     prompt, subject, target = fact["request"]
     tid = target_id(rt, target)
     cpu0 = time.process_time()
-    res = rank_one(ck, RankOneRequest(prompt, subject, target), layer=layer, covariance=covariance, params=params, runtime=rt)
+    res = rank_one(ck, RankOneRequest(prompt, subject, target), layer=layer, covariance=covariance, params=params,
+                   runtime=rt)
     cpu = time.process_time() - cpu0
     lp = rt.next_token_logprobs([prompt] + fact["paraphrases"] + fact["neighbours"])
     top = lp.argmax(-1).tolist()
@@ -129,7 +131,7 @@ def run(layers, covariances, tokens, reference, steps, prefixes):
     for f in FACTS:
         before_top.append(rt.next_token_logprobs(f["neighbours"]).argmax(-1).tolist())
     params = RankOneParams(steps=steps, n_prefixes=prefixes)
-    configs = [(l, c, params, "surgeon") for l in layers for c in covariances]
+    configs = [(layer, c, params, "surgeon") for layer in layers for c in covariances]
     if reference:
         configs.append((6, "identity", replace(params, n_prefixes=20, resume=False), "reference-style"))
     rows = []
@@ -143,9 +145,11 @@ def run(layers, covariances, tokens, reference, steps, prefixes):
             cov = C
         per = [edit_and_measure(ck, rt, f, layer=layer, covariance=cov, params=p, batch=batch, base=base, before_top=bt)
                for f, bt in zip(FACTS, before_top)]
-        agg = {k: (sum(r[k] for r in per) if k in ("flipped", "para_flipped", "neigh_kept") else sum(r[k] for r in per) / len(per))
+        agg = {k: (sum(r[k] for r in per) if k in ("flipped", "para_flipped", "neigh_kept")
+                   else sum(r[k] for r in per) / len(per))
                for k in per[0]}
-        agg.update(layer=layer, covariance=cov_name, label=label, n_prefixes=p.n_prefixes, resume=p.resume, per_fact=per)
+        agg.update(layer=layer, covariance=cov_name, label=label, n_prefixes=p.n_prefixes, resume=p.resume,
+                   per_fact=per)
         if cov_name == "corpus":
             agg["cov_seconds"], agg["cov_tokens"], agg["cov_cpu_seconds"] = cov_time[layer]
         rows.append(agg)
@@ -163,7 +167,8 @@ def _line(r) -> str:
 
 
 HEADER = ("| run | layer | C | edit prompt flipped | P(target) | paraphrases flipped | paraphrase P | neighbours kept "
-          "| KL neutral | wall per edit | CPU per edit | wall vs anchor 31 s |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| KL neutral | wall per edit | CPU per edit | wall vs anchor 31 s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv=None):
@@ -173,15 +178,19 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, default=20_000)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--prefixes", type=int, default=5)
-    ap.add_argument("--reference", action="store_true", help="add a reference-style row (whole model, 21 prompts) at layer 6")
+    ap.add_argument("--reference", action="store_true",
+                    help="add a reference-style row (whole model, 21 prompts) at layer 6")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("SURGEON_THREADS", "2")))
-    print(f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} (timings are noisy on a shared machine)")
+    print(f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} "
+          "(timings are noisy on a shared machine)")
     print(HEADER)
     t0 = time.perf_counter()
-    rows, peak, n_eval = run([int(x) for x in a.layers.split(",")], a.covariance.split(","), a.tokens, a.reference, a.steps, a.prefixes)
-    print(f"\nKL measured on {n_eval} held-out tokens; peak RSS {peak:.2f} GB; bench wall {time.perf_counter() - t0:.0f} s")
+    rows, peak, n_eval = run([int(x) for x in a.layers.split(",")], a.covariance.split(","), a.tokens, a.reference,
+                             a.steps, a.prefixes)
+    print(f"\nKL measured on {n_eval} held-out tokens; peak RSS {peak:.2f} GB; "
+          f"bench wall {time.perf_counter() - t0:.0f} s")
     ref = [r for r in rows if r["label"] == "reference-style"]
     ours = [r for r in rows if r["label"] == "surgeon" and r["layer"] == 6 and r["covariance"] == "identity"]
     if ref and ours:

@@ -88,14 +88,15 @@ def phase_extract(out):
                 with steer(rt, sv, alpha=a):
                     gens[f"{prompt} | α={a:+d}"] = rt.generate(prompt, 25)
         res[name] = {"layer": layer, "extract_s": wall, "scale": sv.scale, "residual_norm": sv.residual_norm,
-                     "separation": sv.separation, "explained": sv.explained, "pca_cosine": float(pca.direction @ sv.direction),
-                     "generations": gens}
+                     "separation": sv.separation, "explained": sv.explained,
+                     "pca_cosine": float(pca.direction @ sv.direction), "generations": gens}
     return res
 
 
 def phase_bake(out):
     import surgeon
-    from surgeon.edits.steering import bake_additive, steer
+    from surgeon.edits.bake import bake_additive
+    from surgeon.edits.steering import steer
     from surgeon.runtime import load
 
     rt = load(surgeon.open(_smollm2()))
@@ -128,7 +129,8 @@ def phase_bake(out):
 
 def phase_ablate(out):
     import surgeon
-    from surgeon.edits.steering import ablate, written_projection
+    from surgeon.edits.bake import ablate
+    from surgeon.edits.steering import written_projection
     from surgeon.runtime import load
 
     rt = load(surgeon.open(_smollm2()))
@@ -155,7 +157,7 @@ def phase_adapter(out):
     from transformers import AutoModelForCausalLM
 
     import surgeon
-    from surgeon.edits.steering import ablate
+    from surgeon.edits.bake import ablate
     from surgeon.export.adapter import export_adapter
     from surgeon.runtime import load
 
@@ -203,7 +205,8 @@ def phase_adapter(out):
 
 def phase_gemma3(out):
     import surgeon
-    from surgeon.edits.steering import ablate, bake_additive, extract, steer
+    from surgeon.edits.bake import ablate, bake_additive
+    from surgeon.edits.steering import extract, steer
     from surgeon.errors import EditError
     from surgeon.fixtures import fixture
     from surgeon.runtime import load
@@ -243,7 +246,8 @@ def phase_gemma3(out):
     from surgeon.edits.steering import written_projection
 
     for name, kw in (("all_exact", dict(through_post_norm=True)), ("all_naive", dict(through_post_norm=False)),
-                     ("6_10_exact", dict(layers=range(6, 11))), ("6_10_naive", dict(layers=range(6, 11), through_post_norm=False)),
+                     ("6_10_exact", dict(layers=range(6, 11))),
+                     ("6_10_naive", dict(layers=range(6, 11), through_post_norm=False)),
                      ("embed_only", dict(layers=[], embed=True))):
         t = time.perf_counter()
         ck = surgeon.open(src)

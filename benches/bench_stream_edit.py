@@ -20,7 +20,8 @@ process, side by side:
 * ``transformers``  ``from_pretrained`` -> the edit -> ``save_pretrained``
 
 and reports the median wall time and peak RSS (``ru_maxrss`` from ``os.wait4``,
-through a small runner process so this one's memory is not counted) of each, the ratios against the targets, and checks surgeon's output: only the
+through a small runner process so this one's memory is not counted) of each,
+the ratios against the targets, and checks surgeon's output: only the
 touched shard differs, only inside the edited tensor's bytes, it loads, and
 the edited tensor equals ``(W.float() * 1.01).to(bf16)`` (and transformers'
 result bit for bit).
@@ -218,7 +219,8 @@ if pid == 0:
     os.execvp(sys.argv[2], sys.argv[2:])
 _, status, ru = os.wait4(pid, 0)
 with open(sys.argv[1], "w") as f:
-    json.dump({"wall": time.perf_counter() - t0, "maxrss_kb": ru.ru_maxrss, "code": os.waitstatus_to_exitcode(status)}, f)
+    json.dump({"wall": time.perf_counter() - t0, "maxrss_kb": ru.ru_maxrss,
+               "code": os.waitstatus_to_exitcode(status)}, f)
 """
 
 
@@ -229,7 +231,8 @@ def run_child(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
                        stderr=subprocess.PIPE, env=env)
     r = json.loads(report.read_text())
     if p.returncode != 0 or r["code"] != 0:
-        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({r['code']}):\n{p.stderr.decode(errors='replace')[-2000:]}")
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({r['code']}):\n"
+                           f"{p.stderr.decode(errors='replace')[-2000:]}")
     return r["wall"], r["maxrss_kb"] * 1024 / GB
 
 
@@ -404,7 +407,8 @@ def report(n: int, m: dict) -> dict:
         if "surgeon save() alone" in r:
             ratios["save()/cp"] = r["surgeon save() alone"]["wall"] / r["cp"]["wall"]
             ok = ratios["save()/cp"] <= 1.2
-            print(f"  surgeon's save() alone / cp: {ratios['save()/cp']:.2f}  ({'met' if ok else 'NOT met'} for the writer itself)")
+            print(f"  surgeon's save() alone / cp: {ratios['save()/cp']:.2f}  "
+                  f"({'met' if ok else 'NOT met'} for the writer itself)")
     if "surgeon" in r:
         bound = 0.5 + 2 * m["tensor_bytes"] / GB
         ratios["surgeon_rss_gb"] = r["surgeon"]["rss"]
@@ -415,7 +419,8 @@ def report(n: int, m: dict) -> dict:
     for other in ("safetensors", "transformers"):
         if other in r and "surgeon" in r:
             ratios[f"{other}/surgeon"] = r[other]["wall"] / r["surgeon"]["wall"]
-            ratios[f"{other}/surgeon beyond start-up"] = (r[other]["wall"] - startup) / max(r["surgeon"]["wall"] - startup, 1e-3)
+            ratios[f"{other}/surgeon beyond start-up"] = ((r[other]["wall"] - startup)
+                                                           / max(r["surgeon"]["wall"] - startup, 1e-3))
             print(f"  {other} / surgeon wall: {ratios[f'{other}/surgeon']:.2f}   "
                   f"(both minus the {startup:.2f} s start-up: {ratios[f'{other}/surgeon beyond start-up']:.2f})   "
                   f"RSS {r[other]['rss'] / r['surgeon']['rss']:.1f}x")
@@ -437,7 +442,8 @@ def main(argv=None):
     dirs = {n: build(n) for n in a.shards}
     if a.build_only:
         return
-    print(f"load average before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores; cache: {'cold' if a.cold else 'warm'}")
+    print(f"load average before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores; "
+          f"cache: {'cold' if a.cold else 'warm'}")
     summary = {}
     for n, src in dirs.items():
         print(f"\n== {n} shards: {src}", flush=True)

@@ -1,14 +1,16 @@
-"""Ablate a saved direction from the weights: W ← W − r rᵀ W (Arditi et al. 2024).
+r"""Ablate a saved direction from the weights: W ← W − r rᵀ W (Arditi et al. 2024).
 
     surgeon apply examples/steer_ablate.py --model CKPT --out OUT --param vector=happy.safetensors --param embed=true
-    surgeon apply examples/steer_ablate.py --model CKPT --out OUT --param vector=happy.safetensors --param 'layers=[8,9,10]'
+    surgeon apply examples/steer_ablate.py --model CKPT --out OUT --param vector=happy.safetensors \
+        --param 'layers=[8,9,10]'
 
 Every attn.o and mlp.down of the chosen layers (all by default), and with ``embed=true`` the
 embedding, stops writing along r; with all layers and the embedding, the residual stream has no
 component along r anywhere. With tied embeddings the head then ignores r as well.
 """
 
-from surgeon.edits.steering import SteeringVector, ablate
+from surgeon.edits.bake import ablate
+from surgeon.edits.steering import SteeringVector
 
 
 def edit(ck, vector="happy.safetensors", layers=None, embed=False):

@@ -9,7 +9,8 @@ residual add, these are the only choices and mean "before that norm"). The confi
 needs (Llama: mlp_bias) is set, and every other module it gives a bias gets a zero one.
 """
 
-from surgeon.edits.steering import SteeringVector, bake_additive
+from surgeon.edits.bake import bake_additive
+from surgeon.edits.steering import SteeringVector
 
 
 def edit(ck, vector="happy.safetensors", alpha=2.0, site="residual", layer=None):

@@ -19,8 +19,9 @@ import torch
 
 PAIRS = {
     "happy": (
-        ["I am so happy and joyful today", "What a wonderful, delightful surprise", "We laughed and celebrated all night",
-         "I love this beautiful sunny morning", "Everything is going great, I feel fantastic", "She smiled with pure joy",
+        ["I am so happy and joyful today", "What a wonderful, delightful surprise",
+         "We laughed and celebrated all night", "I love this beautiful sunny morning",
+         "Everything is going great, I feel fantastic", "She smiled with pure joy",
          "This is the best day of my life", "I'm thrilled and grateful"],
         ["I am so sad and miserable today", "What a terrible, depressing surprise", "We cried and mourned all night",
          "I hate this gloomy rainy morning", "Everything is going wrong, I feel awful", "She wept with deep sorrow",
@@ -31,8 +32,9 @@ PAIRS = {
         ["Le chat dort sur le canapé.", "Nous allons au marché demain matin.", "Il fait très beau aujourd'hui.",
          "J'aime lire des livres le soir.", "La gare est près de la place.", "Elle a acheté du pain frais.",
          "Les enfants jouent dans le jardin.", "Je voudrais un café, s'il vous plaît."],
-        ["The cat is sleeping on the sofa.", "We are going to the market tomorrow morning.", "The weather is very nice today.",
-         "I like reading books in the evening.", "The station is near the square.", "She bought some fresh bread.",
+        ["The cat is sleeping on the sofa.", "We are going to the market tomorrow morning.",
+         "The weather is very nice today.", "I like reading books in the evening.", "The station is near the square.",
+         "She bought some fresh bread.",
          "The children are playing in the garden.", "I would like a coffee, please."],
         ["My favourite place in the city is", "Yesterday we decided to", "The best way to cook rice is"],
     ),
@@ -61,7 +63,8 @@ def main():
     pos, neg, prompts = PAIRS[args.pairs]
     t = time.perf_counter()
     sv = extract(rt, pos, neg, args.layer, method=args.method, position=args.position)
-    print(f"{args.pairs}: layer {sv.layer}, {sv.method}/{sv.position}, {sv.n_pairs} pairs in {time.perf_counter() - t:.2f} s; "
+    print(f"{args.pairs}: layer {sv.layer}, {sv.method}/{sv.position}, {sv.n_pairs} pairs in "
+          f"{time.perf_counter() - t:.2f} s; "
           f"‖mean diff‖ {sv.scale:.1f} vs mean ‖h‖ {sv.residual_norm:.1f}; separation {sv.separation:.2f}; "
           f"energy along it {sv.explained:.2f}")
     for prompt in prompts:

@@ -2,9 +2,9 @@
 
 By default OpenMP's idle threads spin (libgomp: ~300k polls before sleeping)
 waiting for the next parallel region. With two jobs on two cores the spinning
-threads take the cores the working ones need: a SmolLM2 forward pass ran 7-10x
-slower beside another torch job, where a fair share would cost 2-3x
-(``benches/bench_busy.py``). ``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads
+threads take the cores the working ones need: SmolLM2 forward passes ran 7.7x
+slower beside two other 2-thread torch jobs, 1.5x with passive waits, where a
+fair share of 2 cores among 3 jobs is 3x (``benches/bench_busy.py``). ``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads
 sleep (``KMP_BLOCKTIME=0`` says the same to Intel's OpenMP). OpenMP reads these
 once, when torch loads its runtime, so :func:`quiet_waits` must run before
 ``import torch``: the CLI calls it before any command imports its engine,

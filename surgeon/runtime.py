@@ -29,7 +29,6 @@ runs, nor loads, the layers above). Hooks follow the activation's device.
 from __future__ import annotations
 
 import inspect
-import os
 import tempfile
 import weakref
 from collections.abc import Callable, Iterable
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 
 from surgeon.io.checkpoint import open_checkpoint
+from surgeon.runtime_placement import default_device, input_device, load_model
 
 
 def bos_id(tokenizer) -> int | None:
@@ -56,11 +56,6 @@ def _main(x):
 
 def _replace(x, new):
     return (new,) + tuple(x[1:]) if isinstance(x, tuple) else new
-
-
-def default_device() -> str:
-    """``$SURGEON_DEVICE`` if set (``surgeon --device``), else ``cuda`` when a GPU is present, else ``cpu``."""
-    return os.environ.get("SURGEON_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class Runtime:
@@ -94,7 +89,8 @@ class Runtime:
             tokenizer = AutoTokenizer.from_pretrained(d)
             if placed and offload_folder is None:
                 offload_folder = self._keep.enter_context(tempfile.TemporaryDirectory(prefix="surgeon-offload-"))
-            model = _load_model(d, dtype, layers, (device_map or "auto") if placed else None, max_memory, offload_folder)
+            where = (device_map or "auto") if placed else None
+            model = load_model(d, dtype, layers, where, max_memory, offload_folder)
             if not placed:
                 self._keep.close()  # everything is in memory: the view can go
         if not getattr(model, "hf_device_map", None):
@@ -103,7 +99,7 @@ class Runtime:
         self.tokenizer = tokenizer
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.device = _input_device(self.model)
+        self.device = input_device(self.model)
         self.arch = ck.architecture
         self._modules = dict(self.model.named_modules())
 
@@ -136,7 +132,8 @@ class Runtime:
             return self._modules[self.arch.module_in_model(path, self._modules) or path]
         ref = self.ck.resolve(key)
         if ref.view.rows is not None:
-            raise KeyError(f"{key} is part of a fused tensor; hook {key.rsplit('.', 1)[0]}.{ref.fused_in.split('.')[1]} instead")
+            raise KeyError(f"{key} is part of a fused tensor; hook {key.rsplit('.', 1)[0]}."
+                           f"{ref.fused_in.split('.')[1]} instead")
         stored = ref.tensor.rpartition(".")[0]
         name = self.arch.module_in_model(stored, self._modules)  # transformers may rename on load (Mixtral)
         if name is None:
@@ -290,7 +287,8 @@ class Runtime:
     # ---------------------------------------------------- resuming, syncing
 
     @torch.no_grad()
-    def resume_from(self, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, split: int = 0) -> Resume:
+    def resume_from(self, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                    split: int = 0) -> Resume:
         """Freeze everything that cannot change when only layers ``layer``.. change.
 
         Runs the batch once and keeps (a) the residual entering ``layer`` and
@@ -323,7 +321,8 @@ class Runtime:
                 first.append(args[0] if args else kwargs.get("hidden_states"))
             calls.append((tuple(args[1:]), dict(kwargs)))
 
-        handles = [self.layer(i).register_forward_pre_hook(grab, with_kwargs=True) for i in range(layer, self.num_layers)]
+        handles = [self.layer(i).register_forward_pre_hook(grab, with_kwargs=True)
+                   for i in range(layer, self.num_layers)]
         try:
             kw = {cache_kw: cache, "use_cache": True} if split else {"use_cache": False}
             body(input_ids=input_ids[:, split:], attention_mask=attention_mask, position_ids=pos[:, split:], **kw)
@@ -360,7 +359,8 @@ class Resume:
         self.rt, self.layer, self.hidden = rt, layer, hidden
         self._calls, self._cache, self._snapshot = calls, cache, snapshot
 
-    def run(self, hidden: torch.Tensor, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> torch.Tensor:
+    def run(self, hidden: torch.Tensor, rows: torch.Tensor | None = None,
+            cols: torch.Tensor | None = None) -> torch.Tensor:
         """Float32 logits at (rows, cols) of the rerun columns (all of them when omitted)."""
         if self._cache is not None:  # back to the prefix-only cache of resume_from
             for lay, snap in zip(self._cache.layers, self._snapshot):
@@ -374,45 +374,6 @@ class Resume:
         logits = self.rt.module("lm_head")(self.rt.module("final_norm")(h)).float().to(self.rt.device)
         cap = getattr(self.rt.model.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
-
-
-def _load_model(d, dtype, layers: int | None, device_map, max_memory, offload_folder):
-    """``from_pretrained`` of directory ``d``, with placement and (``layers``) a shortened decoder stack.
-
-    A shortened model gets the same config with ``num_hidden_layers`` (and a
-    per-layer ``layer_types`` list) cut; transformers then has no slot for the
-    upper layers' tensors and never reads them from the safetensors files.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    kw = {"dtype": dtype}
-    if device_map is not None:
-        kw.update(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
-    if layers is None:
-        return AutoModelForCausalLM.from_pretrained(d, **kw)
-    config = AutoConfig.from_pretrained(d)
-    text = config.get_text_config()
-    text.num_hidden_layers = layers
-    if isinstance(getattr(text, "layer_types", None), list):
-        text.layer_types = text.layer_types[:layers]
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "weights not used" lists every upper-layer tensor: that is the point
-    try:
-        return AutoModelForCausalLM.from_pretrained(d, config=config, **kw)
-    finally:
-        hf_logging.set_verbosity(level)
-
-
-def _input_device(model) -> torch.device:
-    """Where inputs go: the embedding's execution device (its accelerate hook's when it is placed)."""
-    emb = model.get_input_embeddings()
-    hook = getattr(emb, "_hf_hook", None)
-    dev = getattr(hook, "execution_device", None)
-    if dev is None:
-        dev = emb.weight.device
-    return torch.device(dev) if not isinstance(dev, int) else torch.device("cuda", dev)
 
 
 def load(ck_or_path, **kw) -> Runtime:

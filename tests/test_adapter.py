@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import surgeon
-from surgeon.edits.steering import ablate, bake_additive
+from surgeon.edits.bake import ablate, bake_additive
 from surgeon.export.adapter import AdapterError, export_adapter
 
 TEXTS = ["The museum opens at nine in the morning and closes at five on weekdays.",
@@ -174,7 +174,8 @@ def test_what_lora_cannot_say_is_refused_or_listed(tiny, tmp_path):
     ck.config["vocab_size"] = 260
     ck["layers.0.attn.o"] = ck["layers.0.attn.o"] * 1.5
     ck.save(tmp_path / "edited", check_tokenizer=False)
-    with pytest.raises(AdapterError, match=r"embed \(model.embed_tokens.weight\): shape changed \[256, 64\] -> \[260, 64\]"):
+    with pytest.raises(AdapterError,
+                       match=r"embed \(model.embed_tokens.weight\): shape changed \[256, 64\] -> \[260, 64\]"):
         export_adapter(tmp_path / "edited", src, tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists()
     rep = export_adapter(tmp_path / "edited", src, tmp_path / "adapter", allow_skip=True)
@@ -216,11 +217,14 @@ def test_cli_export_adapter(tiny, tmp_path):
     ck = surgeon.open(src)
     ck["layers.1.mlp.down"] = ck["layers.1.mlp.down"] + _rank_one(ck, "layers.1.mlp.down", 0.2, seed=6)
     ck.save(tmp_path / "edited")
-    res = CliRunner().invoke(main, ["export-adapter", str(tmp_path / "edited"), "--base", str(src), "--out", str(tmp_path / "a")])
+    res = CliRunner().invoke(main, ["export-adapter", str(tmp_path / "edited"), "--base", str(src),
+                                    "--out", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output
     assert "layers.1.mlp.down" in res.output and "rank 1" in res.output
-    assert (tmp_path / "a" / "adapter_model.safetensors").is_file() and (tmp_path / "a" / "adapter_config.json").is_file()
-    res = CliRunner().invoke(main, ["export-adapter", str(tmp_path / "edited"), "--base", str(src), "--out", str(tmp_path / "a")])
+    assert ((tmp_path / "a" / "adapter_model.safetensors").is_file()
+            and (tmp_path / "a" / "adapter_config.json").is_file())
+    res = CliRunner().invoke(main, ["export-adapter", str(tmp_path / "edited"), "--base", str(src),
+                                    "--out", str(tmp_path / "a")])
     assert res.exit_code == 2 and "already exists" in res.output
 
 

@@ -70,8 +70,9 @@ def test_reset_drops_staged_changes(smollm2):
 
 
 def test_hf_cache_snapshot_with_external_links_saves_a_loadable_copy(tmp_path, tiny):
-    """A Hugging Face cache snapshot: every file a symlink into ../../blobs. With
-    allow_external_links the output is complete (config and tokenizer followed, not skipped)."""
+    """A Hugging Face cache snapshot: every file a symlink into ../../blobs. The hub layout opens
+    without a flag (links stay inside the repository) and the output is complete (config and
+    tokenizer followed, not skipped); a link anywhere else still needs allow_external_links."""
     import shutil
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -84,9 +85,11 @@ def test_hf_cache_snapshot_with_external_links_saves_a_loadable_copy(tmp_path, t
     for i, name in enumerate(names):
         shutil.copyfile(src / name, blobs / f"blob{i}")
         (snap / name).symlink_to(blobs / f"blob{i}")
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(snap, elsewhere, symlinks=True)  # the same links, from a folder that is no snapshot
     with pytest.raises(surgeon.errors.CheckpointError, match="outside the checkpoint"):
-        surgeon.open(snap)
-    ck = surgeon.open(snap, allow_external_links=True)
+        surgeon.open(elsewhere)
+    ck = surgeon.open(snap)
     ck["layers.0.mlp.down"] = ck["layers.0.mlp.down"] * 1.5
     out = tmp_path / "out"
     ck.save(out)

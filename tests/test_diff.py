@@ -12,7 +12,8 @@ import surgeon
 from surgeon.cli import main
 from surgeon.edits.algebra import scale
 from surgeon.edits.tokens import add_tokens
-from surgeon.io.diff import delta_stats, diff, effective_rank, format_table, rounding_floor
+from surgeon.io.diff import delta_stats, diff, effective_rank, rounding_floor
+from surgeon.io.diff_render import format_table
 
 
 def _low_rank(shape, rank, seed=0):
@@ -122,7 +123,8 @@ def test_cli_diff_table_json_and_plot(smollm2, tmp_path):
 def test_checkpoints_of_different_families_are_refused_unless_asked(tiny):
     from surgeon.io.diff import DiffError
 
-    with pytest.raises(DiffError, match=r"not a version of .*\(llama with 21 tensors vs gemma3_text with 28.*--unrelated"):
+    with pytest.raises(DiffError,
+                       match=r"not a version of .*\(llama with 21 tensors vs gemma3_text with 28.*--unrelated"):
         diff(tiny("llama"), tiny("gemma3_text"))
     records = diff(tiny("llama"), tiny("gemma3_text"), unrelated=True, rank=False)
     assert any(r.only_in == "b" for r in records) and any(r.changed for r in records)

@@ -165,14 +165,15 @@ def test_cli_refuses_bad_settings_in_one_line_before_training(tiny, tmp_path, ar
     task_file = tmp_path / "task.json"
     task_file.write_text(json.dumps(TASK.to_dict()))
     out = tmp_path / "out"
-    res = CliRunner().invoke(main, ["finetune", str(task_file), "--model", str(tiny("llama")), "--out", str(out)] + args)
+    res = CliRunner().invoke(main, ["finetune", str(task_file), "--model", str(tiny("llama")), "--out", str(out)]
+                             + args)
     assert res.exit_code == 2 and message in res.output, res.output
     assert "internal error" not in res.output and not out.exists()
 
 
 def test_examples_cut_to_max_length_are_noted(tiny):
-    r = finetune(tiny("llama"), TASK, FinetuneConfig(method="full", layers="0", roles="mlp.down", steps=1, max_length=8),
-                 progress=False)
+    cfg = FinetuneConfig(method="full", layers="0", roles="mlp.down", steps=1, max_length=8)
+    r = finetune(tiny("llama"), TASK, cfg, progress=False)
     assert any("were longer than max_length 8 and were cut" in n for n in r.notes), r.notes
     r = finetune(tiny("llama"), TASK, FinetuneConfig(method="full", layers="0", roles="mlp.down", steps=1),
                  progress=False)

@@ -80,7 +80,8 @@ def encode(doc, data: bytes) -> bytes:
 
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**64), max_value=2**64),
                       st.sampled_from([2**60, 2**63 - 1, -1, 0]), st.floats(allow_nan=False), st.text(max_size=12))
-json_any = st.recursive(json_leaf, lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=6), c, max_size=4)),
+json_any = st.recursive(json_leaf, lambda c: st.one_of(st.lists(c, max_size=4),
+                                                       st.dictionaries(st.text(max_size=6), c, max_size=4)),
                         max_leaves=12)
 field_value = st.one_of(json_any, st.lists(st.sampled_from([0, 1, 7, 64, 2**30, 2**60]), max_size=6),
                         st.sampled_from(["BF16", "F32", "F16", "I64", "bf16", "F8_E4M3", ""]))
@@ -119,7 +120,8 @@ def test_mutated_header_bytes_give_a_clean_error(base, data):
     elif kind == "truncate":
         raw = raw[: data.draw(st.integers(0, len(raw)))]
     elif kind == "length":
-        raw[:8] = struct.pack("<Q", data.draw(st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**63, 100 << 20]))))
+        raw[:8] = struct.pack("<Q", data.draw(st.one_of(st.integers(0, 2**64 - 1),
+                                                        st.sampled_from([0, 1, 2**63, 100 << 20]))))
     else:
         at = data.draw(st.integers(0, len(raw)))
         raw[at:at] = data.draw(st.binary(max_size=32))

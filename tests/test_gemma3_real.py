@@ -36,14 +36,14 @@ def original(gemma3):
 def test_metrics_on_gemma3_see_no_change_in_the_original_and_a_change_in_an_edit(gemma3, original):
     ref = measure.reference(original, TASK)
     assert ref.vocab_size == 262144
-    same = measure.measure(original, TASK, ref)
+    same = measure.measure(original, TASK, ref, generated=False)
     assert same.kl == pytest.approx(0.0, abs=1e-6) and same.perplexity_ratio == pytest.approx(1.0, abs=1e-5)
     assert same.specificity == 1.0 and same.spelling == ref.spelling_rate
     ck = surgeon.open(gemma3)
     # not mlp.down or mlp.up: Gemma-3 normalises the MLP output (norm.post_mlp), so scaling a
     # linear path changes nothing; the gate goes through GELU, so scaling it does
     ck["layers.8.mlp.gate"] = ck["layers.8.mlp.gate"] * 3.0
-    changed = measure.measure(load(ck), TASK, ref)
+    changed = measure.measure(load(ck), TASK, ref, generated=False)
     assert changed.kl > 1e-3 and math.isfinite(changed.perplexity_ratio) and changed.perplexity_ratio != 1.0
 
 

@@ -16,7 +16,8 @@ def test_inspect_json_classifies_every_tensor_of_the_real_models(model, layers, 
     res = CliRunner().invoke(main, ["inspect", str(path), "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
-    assert (doc["num_layers"], doc["hidden_size"], doc["vocab_size"], doc["tied_embeddings"]) == (layers, hidden, vocab, True)
+    got = (doc["num_layers"], doc["hidden_size"], doc["vocab_size"], doc["tied_embeddings"])
+    assert got == (layers, hidden, vocab, True)
     assert doc["unclassified"] == []
     for t in doc["tensors"]:
         assert t["role"] is not None, t["name"]
@@ -26,7 +27,8 @@ def test_inspect_json_classifies_every_tensor_of_the_real_models(model, layers, 
         if t["layer"] is not None:
             per_layer.setdefault(t["role"], set()).add(t["layer"])
     assert all(v == set(range(layers)) for v in per_layer.values()), per_layer
-    expected = {"attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down", "norm.pre_attn", "norm.pre_mlp"}
+    expected = {"attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down",
+                "norm.pre_attn", "norm.pre_mlp"}
     if model == "gemma3":
         expected |= {"attn.q_norm", "attn.k_norm", "norm.post_attn", "norm.post_mlp"}
     assert set(per_layer) == expected

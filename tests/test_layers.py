@@ -16,7 +16,7 @@ LAYERS = [  # bottom to top
     {"errors", "_version", "_lazy", "_threads", "data"},
     {"roles"},
     {"io", "fixtures"},
-    {"runtime"},
+    {"runtime", "runtime_placement"},
     {"edits"},
     {"study"},
     {"export"},

@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -47,8 +48,9 @@ def fact_map(rt):
 
 @pytest.fixture(scope="module")
 def fact_subject_map(rt):
-    """The defaults on a fact task: noise on the subject, restored at the subject's last token."""
-    return locate(rt, Task.from_dict(FACT), method="patch", examples=1)
+    """The defaults on the fact example's four landmarks: noise on the subject, restored at its last token."""
+    task = Task.load(Path(__file__).parents[1] / "examples" / "fact_edit" / "report" / "task.json")
+    return locate(rt, task, method="patch", examples=4)
 
 
 def test_gradient_scores_are_non_negative_and_add_up_to_the_total(rt, fact_map):
@@ -79,22 +81,23 @@ def test_restoring_the_last_residual_recovers_the_clean_run(rt, fact_map):
     assert abs(r.patch[0][0]) < 0.2
 
 
-def test_fact_tasks_are_patched_at_the_subjects_last_token_where_the_early_layers_carry_the_fact(rt, fact_map,
+def test_fact_tasks_are_patched_at_the_subjects_last_token_where_the_early_layers_carry_the_fact(fact_map,
                                                                                                   fact_subject_map):
     """Causal tracing's early site (Meng et al. 2022): restored at the subject's last token, the MLP/attention
-    recovery sits in the early and middle layers; restored at the last token it only appears at the top."""
+    recovery sits in the early and middle layers (ROME edits layer 6 here); at the last token only at the top."""
     r = fact_subject_map
-    assert r.patch_mode == "noise" and r.patch_position == "subject"
-    assert [(w["kind"], w["subject"], w["token"], w["index"]) for w in r.patch_positions] == \
-        [("subject", "The Eiffel Tower", " Tower", 3)]  # The| E|iff|el| Tower: SmolLM2 adds no BOS
+    assert r.patch_mode == "noise" and r.patch_position == "subject" and r.patch_probes == 4
+    assert [(w["kind"], w["token"], w["index"]) for w in r.patch_positions] == \
+        [("subject", " Tower", 3), ("subject", "um", 3), ("subject", " House", 3), ("subject", "ropolis", 2)]
     a_subj, b_subj = (int(x) for x in r.suggested_by["patch"].split("-"))
     a_last, _ = (int(x) for x in fact_map.suggested_by["patch"].split("-"))
     assert a_subj < 15 <= a_last, (r.suggested_by, fact_map.suggested_by)
-    # the subject's residual restored early brings most of the answer back; at the top it no longer can
-    assert r.patch[0][0] > 0.5 and r.patch[-1][0] < 0.2
+    # the subject's state carries the answer through the middle layers and no longer matters at the top
+    residual = [row[0] for row in r.patch]
+    assert max(residual[:15]) > 0.3 and abs(residual[-1]) < 0.05
     doc = r.to_dict()["patch"]
     assert doc["layers"] == r.suggested_by["patch"] and doc["position"] == "subject"
-    assert doc["positions"][0]["token"] == " Tower"
+    assert doc["positions"][0]["subject"] == "The Eiffel Tower"
 
 
 def test_text_map_has_a_legend_each_methods_range_and_the_positions(fact_map, fact_subject_map):
@@ -102,10 +105,11 @@ def test_text_map_has_a_legend_each_methods_range_and_the_positions(fact_map, fa
     assert "legend: gradient cells" in text and "legend: patching" in text and "▶ = suggested layers" in text
     assert f"layers by gradient attribution: {fact_map.suggested_by['grad']}" in text
     assert f"layers by activation patching (noise, at the last token): {fact_map.suggested_by['patch']}" in text
-    assert "last token ' of' (#9 of 10)" in text
+    assert "' of' (token 9 of 10): the last token of 'The Eiffel Tower is located" in text
     assert f"suggested layers: {fact_map.suggested_layers} " in text
     sub = fact_subject_map.text()
-    assert "restored at the subject's last token" in sub and "' Tower' (#3 of 10)" in sub
+    assert "restored at the subject's last token" in sub
+    assert "' Tower' (token 3 of 10): the last token of the subject 'The Eiffel Tower' in" in sub
 
 
 def test_contrast_patching_traces_the_spelling_convention(rt):
@@ -172,4 +176,17 @@ def test_cli_refuses_a_heatmap_format_it_cannot_write_before_any_work(smollm2, t
     task.write_text(json.dumps(FACT))
     res = CliRunner().invoke(main, ["locate", str(task), "--model", str(smollm2), "--out", str(tmp_path / "map.txt")])
     assert res.exit_code == 2 and "written as .png, .pdf or .svg" in res.output, res.output
+    assert list(tmp_path.iterdir()) == [task]
+
+
+def test_cli_passes_the_patching_position_and_refuses_subject_with_contrast_before_loading(smollm2, tmp_path):
+    from click.testing import CliRunner
+
+    from surgeon.cli import main
+
+    task = tmp_path / "task.json"
+    task.write_text(json.dumps(BRITISH))
+    res = CliRunner().invoke(main, ["locate", str(task), "--model", str(smollm2), "--out", str(tmp_path / "m.png"),
+                                    "--corrupt", "contrast", "--position", "subject"])
+    assert res.exit_code == 2 and "position 'subject'" in res.output and "noise" in res.output, res.output
     assert list(tmp_path.iterdir()) == [task]

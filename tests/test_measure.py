@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from surgeon.runtime import load
 from surgeon.study import measure
-from surgeon.study import task as task_module
 from surgeon.study.task import Task
 
 NEUTRAL = [
@@ -55,7 +54,7 @@ def _say_rome(rt, bias):
 
 
 def test_identical_model_scores_kl_0_specificity_1_perplexity_ratio_1(rt, ref):
-    m = measure.measure(rt, TASK, ref)
+    m = measure.measure(rt, TASK, ref, generated=False)
     assert m.kl == pytest.approx(0.0, abs=1e-7)
     assert m.perplexity_ratio == pytest.approx(1.0, abs=1e-7)
     assert m.specificity == 1.0 and m.neighbourhood == 1.0
@@ -67,7 +66,7 @@ def test_identical_model_scores_kl_0_specificity_1_perplexity_ratio_1(rt, ref):
 
 def test_a_model_made_to_say_rome_has_efficacy_1_and_pays_in_kl(rt, ref):
     with _say_rome(rt, 30.0):
-        m = measure.measure(rt, TASK, ref)
+        m = measure.measure(rt, TASK, ref, generated=False)
     assert m.efficacy == 1.0 and m.efficacy_p > 0.9
     assert m.generalisation == 1.0
     assert m.neighbourhood == 0.0  # the Louvre moved to Rome too
@@ -88,7 +87,7 @@ def test_kl_and_perplexity_match_a_direct_computation(rt, ref):
             nll += F.cross_entropy(q[:-1], ids[0, 1:], reduction="sum").item()
             nll0 += F.cross_entropy(p[:-1], ids[0, 1:], reduction="sum").item()
     with _say_rome(rt, 3.0):
-        m = measure.measure(rt, TASK, ref)
+        m = measure.measure(rt, TASK, ref, generated=False)
     assert 1e-3 < m.kl < 1.0
     assert m.kl == pytest.approx(kl_sum / n, rel=1e-4)
     n_pred = n - len(NEUTRAL)
@@ -96,7 +95,7 @@ def test_kl_and_perplexity_match_a_direct_computation(rt, ref):
 
 
 def test_multi_token_target_probability_is_the_sequence_probability(rt, ref):
-    m = measure.measure(rt, TASK, ref)
+    m = measure.measure(rt, TASK, ref, generated=False)
     row = m.details["generalisation"][1]
     prompt = rt.tokenizer("Where is the Eiffel Tower? It is in")["input_ids"]
     target = rt.tokenizer(" Rome, Italy", add_special_tokens=False)["input_ids"]
@@ -110,27 +109,29 @@ def test_multi_token_target_probability_is_the_sequence_probability(rt, ref):
 
 
 def test_spelling_rate_counts_generations_with_the_tasks_rule_set(rt, monkeypatch):
-    """Plumbing: generations from the task's prompts go to surgeon.study.spelling.get(rules).rate()."""
-    seen = {}
+    """Plumbing: generations from the task's prompts go to surgeon.study.spelling.get(rules).score(), with counts."""
+    from surgeon.study import generate
+    from surgeon.study.spelling import SpellingScore
+
+    seen = {"texts": []}
 
     class Rules:
-        def rate(self, texts):
-            seen["texts"] = texts
-            return sum("Paris" in t for t in texts) / len(texts)
+        def score(self, texts):
+            seen["texts"] += texts
+            return SpellingScore(hits=sum("Paris" in t for t in texts), applicable=len(texts))
 
     fake = types.ModuleType("surgeon.study.spelling")
     fake.get = lambda name: seen.setdefault("name", name) and Rules()
-    monkeypatch.setattr(measure, "spelling", fake)
-    monkeypatch.setattr(task_module, "spelling", fake)  # the task file checks its rule set's name too
-    task = Task.from_dict({"name": "s", "spelling": {"rules": "paris", "prompts": ["The capital of France is"],
+    monkeypatch.setattr(generate, "spelling", fake)
+    task = Task.from_dict({"name": "s", "spelling": {"rules": "en_gb", "prompts": ["The capital of France is"],
                                                      "max_new_tokens": 4}})
     ref = measure.reference(rt, task)
-    assert seen["name"] == "paris" and len(seen["texts"]) == 1
+    assert seen["name"] == "en_gb" and len(seen["texts"]) == 1
     assert ref.spelling_rate == (1.0 if "Paris" in seen["texts"][0] else 0.0)
     with _say_rome(rt, 30.0):
         m = measure.measure(rt, task, ref)
     assert "Rome" in m.details["spelling"]["generations"][0]
-    assert m.spelling == 0.0
+    assert m.spelling == 0.0 and m.counts["spelling"]["k"] == 0 and m.counts["spelling"]["n"] == 1
 
 
 def test_spelling_rate_uses_the_shipped_rule_sets():
@@ -145,5 +146,5 @@ def test_large_references_spill_to_disk_with_the_same_numbers(rt, ref, monkeypat
     spilled = measure.reference(rt, TASK)
     assert isinstance(spilled.neutral_logprobs, measure._Spilled) and len(spilled.neutral_logprobs) == 3
     with _say_rome(rt, 3.0):
-        a, b = measure.measure(rt, TASK, ref), measure.measure(rt, TASK, spilled)
+        a, b = measure.measure(rt, TASK, ref, generated=False), measure.measure(rt, TASK, spilled, generated=False)
     assert a.kl == b.kl and a.perplexity_ratio == b.perplexity_ratio

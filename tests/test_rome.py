@@ -9,6 +9,7 @@ benches/bench_rome.py.
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ KEY = f"layers.{LAYER}.mlp.down"
 EIFFEL = RankOneRequest("The Eiffel Tower is located in the city of", "The Eiffel Tower", " Rome")
 PARAPHRASES = ["The Eiffel Tower stands in the city of", "Where is the Eiffel Tower? It is in"]  # not used by the edit
 BERLIN = "The capital of Germany is"
+BIG_BEN = RankOneRequest("Big Ben is located in the city of", "Big Ben", " Moscow")  # the subject starts the prompt
 FAST = RankOneParams(steps=12, n_prefixes=5)
 TOKENS = 16_000
 
@@ -76,7 +78,8 @@ def eiffel(original, tmp_path_factory):
           f"P(Berlin | {BERLIN!r}) {before[3, berlin]:.4f} -> {after[3, berlin]:.4f}")
     print(f"KL on neutral text: C = identity {kl_identity:.5f}, C from {C.tokens} tokens {kl_corpus:.5f}; "
           f"edit {corpus.seconds:.1f} s (v* {corpus.seconds_v:.1f} s, {corpus.steps} steps), C {C.seconds:.1f} s "
-          f"(cached: {C.cached}); ||dW||/||W|| {corpus.relative:.4f}, bf16 rounding {corpus.rounding_error:.3f} of ||dW||")
+          f"(cached: {C.cached}); ||dW||/||W|| {corpus.relative:.4f}, "
+          f"bf16 rounding {corpus.rounding_error:.3f} of ||dW||")
     return dict(out=out, ident=ident, corpus=corpus, kl_identity=kl_identity,
                 kl_corpus=kl_corpus, C=C)
 
@@ -112,6 +115,43 @@ def test_manifest_records_the_rome_edit(eiffel):
 def test_identity_covariance_also_flips_the_fact_but_covariance_lowers_neutral_kl(eiffel):
     assert eiffel["ident"].p_after > 0.9
     assert eiffel["kl_corpus"] < eiffel["kl_identity"], (eiffel["kl_corpus"], eiffel["kl_identity"])
+
+
+def test_subject_first_prompt_is_rewritten_although_smollm2_has_no_bos(original):
+    """Without BOS the bare prompt's key (subject at position 0) is far from the prefixed ones; it must count."""
+    ck, rt, _, _ = original
+    assert rt.bos_id is None
+    paraphrase = "Big Ben stands in the city of"  # subject-first too, not used by the edit
+    p_para = float(rt.continuation_logprob([paraphrase], [BIG_BEN.target])[0].exp())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a working edit does not warn
+            res = rank_one(ck, BIG_BEN, layer=LAYER, runtime=rt)
+        p_para_after = float(rt.continuation_logprob([paraphrase], [BIG_BEN.target])[0].exp())
+    finally:
+        ck.reset()
+        rt.sync(KEY)
+    print(f"\nP(Moscow | Big Ben...) {res.p_before:.4f} -> {res.p_after:.3f} (optimised {res.p_optimised:.3f}); "
+          f"paraphrase {p_para:.4f} -> {p_para_after:.3f}; ||dW||/||W|| {res.relative:.4f}")
+    assert res.p_before < 0.01 and res.p_after > 0.5 and res.p_after > res.p_optimised - 0.3
+    assert p_para_after > 10 * p_para and res.warning is None
+    s = torch.linalg.svdvals(res.delta_w)
+    assert s[1] / s[0] < 1e-4  # both keys get the same change: still a rank-one update
+
+
+def test_an_edit_that_does_not_take_warns_and_the_manifest_says_so(original, tmp_path):
+    ck, rt, _, _ = original
+    weak = RankOneParams(steps=1, lr=1e-4, n_prefixes=2)  # δ barely moves: the prompt keeps its answer
+    try:
+        with pytest.warns(RuntimeWarning, match="not reliably rewritten"):
+            res = rank_one(ck, BIG_BEN, layer=LAYER, covariance="identity", params=weak, runtime=rt)
+        ck.save(tmp_path / "weak")
+    finally:
+        ck.reset()
+        rt.sync(KEY)
+    assert res.p_after < 0.5 and "Moscow" in res.warning and f"{res.p_after:.3f}" in res.warning
+    (edit,) = json.loads((tmp_path / "weak" / "surgeon.json").read_text())["edits"]
+    assert edit["warning"] == res.warning
 
 
 def test_resume_from_layer_reproduces_the_full_forward(original):
@@ -161,14 +201,16 @@ def test_covariance_is_the_second_moment_cached_and_keyed_by_upstream_weights(or
     assert again.cached and torch.equal(again.matrix, C.matrix)
 
     key = cache_key(ck, layer, rows)
-    for role, moves in [(f"layers.{layer}.mlp.down", False), (f"layers.{layer + 1}.attn.q", False), ("final_norm", False),
-                        (f"layers.{layer}.mlp.up", True), ("layers.0.attn.v", True), ("embed", True)]:
+    for role, moves in [(f"layers.{layer}.mlp.down", False), (f"layers.{layer + 1}.attn.q", False),
+                        ("final_norm", False), (f"layers.{layer}.mlp.up", True), ("layers.0.attn.v", True),
+                        ("embed", True)]:
         ck[role] = ck[role] * 1.01
         assert (cache_key(ck, layer, rows) != key) is moves, role
         ck.reset()
     assert cache_key(ck, layer, corpus_rows(rt.tokenizer, 2048)) != key  # token count is part of the key
 
 
+@pytest.mark.filterwarnings("ignore:.*not reliably rewritten")  # a random model says no fact
 def test_rank_one_on_gpt2_conv1d_writes_the_intended_matrix(tiny):
     """GPT-2 stores mlp.c_proj as (in, out); the edit must still map k* to v* in the loaded model."""
     ck = surgeon.open(tiny("gpt2"))

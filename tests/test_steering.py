@@ -6,22 +6,15 @@ import pytest
 import torch
 
 import surgeon
-from surgeon.edits.steering import (
-    SteeringError,
-    SteeringVector,
-    ablate,
-    bake_additive,
-    bias_flags,
-    extract,
-    steer,
-    written_projection,
-)
+from surgeon.edits.bake import ablate, bake_additive, bias_flags
+from surgeon.edits.steering import SteeringError, SteeringVector, extract, steer, written_projection
 from surgeon.errors import EditError
 from surgeon.roles import architectures
 from surgeon.runtime import load
 
-HAPPY = ["I am so happy and joyful today", "What a wonderful, delightful surprise", "We laughed and celebrated all night",
-         "I love this beautiful sunny morning", "Everything is going great, I feel fantastic", "She smiled with pure joy",
+HAPPY = ["I am so happy and joyful today", "What a wonderful, delightful surprise",
+         "We laughed and celebrated all night", "I love this beautiful sunny morning",
+         "Everything is going great, I feel fantastic", "She smiled with pure joy",
          "This is the best day of my life", "I'm thrilled and grateful"]
 SAD = ["I am so sad and miserable today", "What a terrible, depressing surprise", "We cried and mourned all night",
        "I hate this gloomy rainy morning", "Everything is going wrong, I feel awful", "She wept with deep sorrow",
@@ -263,7 +256,8 @@ def test_ablation_is_exact_through_post_norm_gains(tiny, family, tmp_path):
 
 @pytest.mark.parametrize("script, params, keys", [
     ("steer_bake.py", {"alpha": 2.0}, {f"layers.{LAYER}.mlp.down.bias"}),
-    ("steer_ablate.py", {"layers": [8, 9]}, {"layers.8.attn.o", "layers.8.mlp.down", "layers.9.attn.o", "layers.9.mlp.down"}),
+    ("steer_ablate.py", {"layers": [8, 9]},
+     {"layers.8.attn.o", "layers.8.mlp.down", "layers.9.attn.o", "layers.9.mlp.down"}),
 ])
 def test_example_scripts_bake_and_ablate_a_saved_vector(smollm2, happy, tmp_path, script, params, keys):
     from pathlib import Path

@@ -78,7 +78,8 @@ def big(tmp_path_factory) -> Path:
     weight_map = {}
     for k, part in enumerate((names[:half], names[half:])):
         rel = f"model-0000{k + 1}-of-00002.safetensors"
-        write_shard(root / rel, [(n, "BF16", s, values(i + k * half, s)) for i, (n, s) in enumerate(part)], {"format": "pt"})
+        write_shard(root / rel, [(n, "BF16", s, values(i + k * half, s)) for i, (n, s) in enumerate(part)],
+                    {"format": "pt"})
         weight_map.update({n: rel for n, _ in part})
     (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     cfg.save_pretrained(root)
@@ -89,7 +90,8 @@ def run(ckpt: Path, script: Path, out: Path, *, block: bool = True) -> dict:
     # a fixed mmap threshold makes glibc return freed buffers at once, so RSS tracks live memory
     env = {**os.environ, "SURGEON_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
     res = subprocess.run([sys.executable, "-c", HARNESS, "block" if block else "allow", "apply", str(script),
-                          "--model", str(ckpt), "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+                          "--model", str(ckpt), "--out", str(out)], capture_output=True, text=True, env=env,
+                         timeout=300)
     doc = json.loads(res.stdout.strip().splitlines()[-1])
     doc["stderr"] = res.stderr
     return doc
@@ -157,7 +159,8 @@ def test_adding_a_tensor_rewrites_the_shard_streaming(big, tmp_path):
     assert torch.equal(out.get("layers.5.mlp.down.bias"), torch.full((1024,), 0.5))
     for name in ck.entries:  # every old tensor came through byte for byte
         a, b = ck.entries[name], out.entries[name]
-        assert sha256_range(str(ck.path / a.file), a.start, a.end) == sha256_range(str(out.path / b.file), b.start, b.end)
+        assert (sha256_range(str(ck.path / a.file), a.start, a.end)
+                == sha256_range(str(out.path / b.file), b.start, b.end))
 
 
 def test_a_script_that_builds_a_model_is_what_the_block_catches(big, tmp_path):
@@ -228,7 +231,8 @@ def test_apply_patches_the_shard_it_copied_while_the_script_ran(tmp_path, three_
 
 def test_a_shard_read_but_not_changed_is_still_linked_and_the_copies_are_capped(tmp_path, three_shards, monkeypatch):
     ck = surgeon.open(three_shards)
-    files = {ck.entries[ck.resolve(k).tensor].file: k for k in ("embed", "layers.0.mlp.down", "layers.1.mlp.down", "final_norm")}
+    files = {ck.entries[ck.resolve(k).tensor].file: k
+             for k in ("embed", "layers.0.mlp.down", "layers.1.mlp.down", "final_norm")}
     assert len(files) == 3
     keys = list(files.values())
     out, doc, copied = _prefetch_run(tmp_path, three_shards, monkeypatch, "b", read=keys, change=[keys[0]])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ DOC = {
               {"text": "A raw text to learn from."}, "A bare string is a raw text too."],
     "efficacy": [{"prompt": "The Eiffel Tower is in", "target": " Rome", "original": " Paris"}],
     "generalisation": [{"prompt": "Where is the Eiffel Tower? In", "target": " Rome"}],
-    "specificity": ["The capital of Germany is", {"prompt": "The Louvre is in", "target": " Rome", "original": " Paris"}],
+    "specificity": ["The capital of Germany is",
+                    {"prompt": "The Louvre is in", "target": " Rome", "original": " Paris"}],
     "neutral": ["Some plain text.", "More plain text."],
     "spelling": {"rules": "british", "prompts": ["The colour"]},
     "edit": {"layer": 6},
@@ -85,6 +87,15 @@ def test_unreadable_or_invalid_files_are_task_errors(tmp_path):
         Task.load(bad)
 
 
+def test_json_syntax_error_names_line_and_column_and_keeps_the_whole_message(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{\n  "name": "t",\n  "train": [{"prompt": "a" "target": "b"}]\n}\n')
+    with pytest.raises(TaskError) as e:
+        Task.load(bad)
+    msg = str(e.value)
+    assert msg == f"{bad}:3:28: not valid JSON: Expecting ',' delimiter at line 3, column 28", msg
+
+
 def test_shipped_fact_task_has_counterfact_shape():
     t = Task.load(FACTS)
     assert len(t.train) == len(t.efficacy) == 4
@@ -100,3 +111,57 @@ def test_neutral_corpus_paragraphs_from_either_end():
     last = Task.from_dict({"neutral": {"corpus": "neutral_en", "texts": 3, "from": "end"}}).neutral
     assert len(first) == len(last) == 3 and not set(first) & set(last)
     assert all(len(t.split()) > 20 for t in first + last)
+
+
+VALIDATION = {"generalisation": [{"prompt": "The Eiffel Tower can be found in", "target": " Rome"}],
+              "specificity": ["The capital of Spain is"], "neutral": ["Other plain text."],
+              "spelling_prompts": ["The harbour"]}
+
+
+def test_validation_split_holds_its_own_probes_and_shares_training_and_edit():
+    t = Task.from_dict({**DOC, "validation": VALIDATION})
+    v, test = t.split("validation"), t.split("test")
+    assert v.split_name == "validation" and test.split_name == "test" and test.validation is None
+    assert v.generalisation == [Probe("The Eiffel Tower can be found in", " Rome")] and v.efficacy == []
+    assert v.train == t.train and v.edit == t.edit
+    assert v.spelling == {"rules": "british", "prompts": ["The harbour"]}  # the rules come from the task
+    assert not v.prompts() & test.prompts()  # nothing measured on validation is a test probe
+    assert test.prompts() >= {"Where is the Eiffel Tower? In", "The capital of Germany is", "The colour"}
+
+
+def test_validation_round_trips_and_old_files_without_it_still_load(tmp_path):
+    t = Task.from_dict({**DOC, "validation": VALIDATION})
+    again = Task.from_dict(json.loads(json.dumps(t.to_dict())))
+    assert again.split("validation").prompts() == t.split("validation").prompts()
+    old = Task.from_dict(DOC)
+    assert old.validation is None and old.split("test").prompts() == t.split("test").prompts()
+    with pytest.raises(TaskError, match="no validation split"):
+        old.split("validation")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"generalisation": [{"prompt": "Where is the Eiffel Tower? In", "target": " Rome"}]}, "also test probes"),
+    ({"neutral": ["Some plain text."]}, "also test probes"),
+    ({"spelling_prompts": ["The colour"]}, "also test probes"),
+    ({"paraphrases": []}, "validation: unknown key(s) paraphrases"),
+])
+def test_validation_that_overlaps_the_test_split_or_is_malformed_is_refused(change, message):
+    with pytest.raises(TaskError, match=re.escape(message)):
+        Task.from_dict({**DOC, "validation": {**VALIDATION, **change}}, Path("bad.json"))
+
+
+def test_shipped_tasks_have_a_validation_split_apart_from_test():
+    for path in (FACTS, ROOT / "examples/spelling/task.json", ROOT / "examples/prereform_orthography/task.json"):
+        t = Task.load(path)
+        v = t.split("validation")
+        assert len(v.generalisation) >= 8 and v.specificity and v.neutral, path
+        assert not v.prompts() & t.split("test").prompts()
+        assert len(t.generalisation) >= (11 if path == FACTS else 40)
+
+
+def test_neutral_skip_takes_the_paragraphs_before_the_last_ones():
+    last20 = Task.from_dict({"neutral": {"corpus": "neutral_en", "texts": 20, "from": "end"}}).neutral
+    val = Task.from_dict({"neutral": {"corpus": "neutral_en", "texts": 4, "from": "end", "skip": 16}}).neutral
+    first = Task.from_dict({"neutral": {"corpus": "neutral_en", "texts": 2, "skip": 3}}).neutral
+    assert val == last20[:4]
+    assert first == Task.from_dict({"neutral": {"corpus": "neutral_en", "texts": 5}}).neutral[3:]

@@ -28,7 +28,8 @@ PROBES = NEW + ["the colour of the sky", "hello"]
 
 
 def _next_token_dists(path, texts):
-    """The reloaded checkpoint's [(logits, input_ids)] at every position of each text (fp32), and how it encodes PROBES."""
+    """The reloaded checkpoint's [(logits, input_ids)] at every position of each text (fp32),
+    and how it encodes PROBES."""
     rt = load(path)
     out = []
     with torch.no_grad():

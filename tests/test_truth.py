@@ -114,7 +114,8 @@ def test_sharded_edit_rewrites_only_the_shard_that_holds_the_tensor(smollm2_shar
             assert os.stat(out / rel).st_ino == os.stat(src / rel).st_ino
     assert after["model.safetensors.index.json"] == before["model.safetensors.index.json"]
     reopened = surgeon.open(out)
-    assert torch.equal(reopened["layers.3.mlp.down"], (ck.original("model.layers.3.mlp.down_proj.weight").float() * 1.01).bfloat16().float())
+    assert torch.equal(reopened["layers.3.mlp.down"],
+                       (ck.original("model.layers.3.mlp.down_proj.weight").float() * 1.01).bfloat16().float())
     _logits(out)  # loads in transformers with no flags
     assert _tree_hashes(src) == before
 

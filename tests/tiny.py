@@ -77,3 +77,21 @@ def byte_tokenizer():
     tok.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=alphabet[1], pad_token=alphabet[0],
                                    bos_token=alphabet[1])
+
+
+def build_any(model_type: str, out: str | Path, seed: int = 0, **overrides) -> Path:
+    """Like :func:`build_tiny` for any family transformers defines: its config class defaults, shrunk."""
+    import torch
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+    from surgeon.roles.shrink import tiny_config
+
+    torch.manual_seed(seed)
+    cfg = CONFIG_MAPPING[model_type].from_dict(tiny_config(model_type, **{**FAMILIES.get(model_type, {}), **overrides}))
+    model = AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    model.save_pretrained(out)
+    byte_tokenizer().save_pretrained(out)
+    return Path(out)

@@ -17,7 +17,6 @@ from surgeon.edits.rome import RankOneParams, RankOneRequest, rank_one
 from surgeon.runtime import load
 from surgeon.study.task import Task
 
-
 KNOBS = {"layer": ["int", 1, 15], "clamp": ["log", 0.5, 8.0]}
 
 

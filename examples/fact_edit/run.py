@@ -39,6 +39,9 @@ def main() -> int:
     a = ap.parse_args()
     out = a.out.absolute()
 
+    from surgeon._threads import configure
+
+    configure(lazy=True)  # before torch loads: passive OpenMP waits, SURGEON_THREADS threads
     from surgeon.fixtures import fixture
     from surgeon.study.compare import compare
 
@@ -48,6 +51,7 @@ def main() -> int:
         arms.insert(2, f"rome_identity=edit:{ARM_SCRIPT} layer=6 covariance=identity")
     compare(HERE / "facts.json", fixture("smollm2"), arms, out, overwrite=True)
     print((out / "report.md").read_text(encoding="utf-8"))
+    print(f"report: {out / 'report.md'} (table), {out / 'report.png'} (plot), {out / 'report.json'} (every number)")
     return 0
 
 

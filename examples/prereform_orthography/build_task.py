@@ -2,7 +2,8 @@
 
 Made from surgeon/data/ru_sentences.txt (CC0) with surgeon's rule-based
 converter: training texts and probes are the same sentences respelled, split
-by sentence (70 % train, 30 % held out). Rerun after changing the converter.
+by sentence (70 % train, 30 % held out; the held-out probes are 40 test and
+20 validation ones). Rerun after changing the converter.
 """
 
 import json
@@ -17,7 +18,7 @@ sentences = resources.files("surgeon.data").joinpath("ru_sentences.txt").read_te
 task = spelling_task(
     "prereform_ru", [s for s in sentences if s.strip()], name="prereform_orthography",
     description="Write Russian in the pre-1918 orthography (ѣ, ъ, і, ѳ, -аго) whatever the prompt's spelling",
-    probes=40, seed=0,
+    probes=80, seed=0,  # held-out probes: the first 40 are the test ones, 20 of the rest validate
     spelling_prompts=["Однажды летом мы", "В нашем городе", "Мой дед рассказывал, что", "Утром я вышел из дома и",
                       "Осенью в лесу", "Зимой в деревне", "Когда я был маленьким,", "Вечером мы сидели"],
     max_new_tokens=40,
@@ -27,6 +28,24 @@ task = spelling_task(
         "She opened the door and", "The first month of the year is", "Two plus two equals")],
     neutral={"corpus": "neutral_en", "texts": 8},
 )
+# The validation split (docs/tasks.md): what `compare --budget` tunes on; the test probes above are unchanged.
+held = task["generalisation"]
+task["efficacy"], task["generalisation"] = task["efficacy"][:40], held[:40]
+test_prompts = {p["prompt"] for p in held[:40]}  # a prompt in both splits would be one generation scored twice
+task["validation"] = {
+    "generalisation": [p for p in held[40:] if p["prompt"] not in test_prompts][:20],
+    "specificity": [{"prompt": p} for p in (
+        "The capital of Italy is", "Ice melts at a temperature of", "The smallest planet in our solar system is",
+        "He closed the window and")],
+    "neutral": {"corpus": "neutral_en", "texts": 8, "skip": 8},
+    "spelling_prompts": ["Весной на реке", "Моя бабушка всегда говорила, что", "На следующий день мы", "В старом доме",
+                         "Летом дети", "После обеда отец", "Вдруг мы услышали", "Наш учитель"],
+}
+# surgeon map's entry (run from the repository root): the common advice and the arms that test it
+task["map"] = {"behaviour": task["name"], "advice": "LoRA on layers 0-6 with historical data",
+               "advice_arm": "lora_early",
+               "arms": ["none", "tokens=edit:examples/prereform_orthography/tokens_arm.py",
+                        "lora_early=lora layers=0-6 roles=attn+mlp", "lora=lora roles=attn+mlp"]}
 (HERE / "task.json").write_text(json.dumps(task, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 print(f"wrote {HERE / 'task.json'}: {len(task['train'])} training examples, {len(task['efficacy'])} efficacy and "
-      f"{len(task['generalisation'])} held-out probes")
+      f"{len(task['generalisation'])} held-out probes; validation: {len(task['validation']['generalisation'])} probes")

@@ -49,9 +49,11 @@ def main(dirs):
         by = s.by_rule
         cells = [name, f"{m['efficacy']:.2f}", f"{m['generalisation']:.2f}",
                  f"{m['efficacy_p']:.3f} / {m['generalisation_p']:.3f}", f"{m['specificity']:.2f}",
-                 f"{m['kl']:.4f}", f"{m['perplexity_ratio']:.3f}", f"{s.rate:.2f} ({s.hits}/{s.applicable + s.over_marked})"]
+                 f"{m['kl']:.4f}", f"{m['perplexity_ratio']:.3f}",
+                 f"{s.rate:.2f} ({s.hits}/{s.applicable + s.over_marked})"]
         cells += [f"{by[k][0]}/{by[k][1]}" if k in by else "–" for k in rule_names]
-        cells += [str(s.over_marked), f"{c['wall_s']:.0f}", "–" if c["peak_rss_mb"] is None else f"{c['peak_rss_mb']:.0f}",
+        cells += [str(s.over_marked), f"{c['wall_s']:.0f}",
+                  "–" if c["peak_rss_mb"] is None else f"{c['peak_rss_mb']:.0f}",
                   f"{c['params_changed']:,}"]
         print("| " + " | ".join(cells) + " |")
 

@@ -48,7 +48,7 @@ def edit(ck, task, rules="prereform_ru", words=400, boost=0.1):
     keys = ["embed"] if ck.tied else ["embed", "lm_head"]  # an untied head gets the same treatment
     for key in keys:
         rows = ck[key]
-        for (modern, old), oid in zip(pairs, old_ids):
+        for (_modern, old), oid in zip(pairs, old_ids):
             new_id = added.added.get(" " + old, added.skipped.get(" " + old))
             rows[new_id] = rows[oid] * (1.0 + boost)
         ck[key] = rows

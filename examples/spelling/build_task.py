@@ -16,7 +16,7 @@ sentences = resources.files("surgeon.data").joinpath("en_spelling.txt").read_tex
 task = spelling_task(
     "en_gb", [s for s in sentences if s.strip()], name="british_spelling",
     description="Write British spelling (colour, centre, travelled, organise, grey) whatever the prompt's",
-    probes=40, seed=0,
+    probes=80, seed=0,  # held-out probes: the first 40 are the test ones, 20 of the rest validate
     spelling_prompts=["The walls of the old theater were painted", "In the center of our town there is",
                       "My neighbor's favorite hobby is", "Last summer we traveled to", "The color of the sky",
                       "She organized a party and", "Describe the behavior of", "He apologized because",
@@ -33,6 +33,25 @@ task = spelling_task(
         "She opened the door and", "The first month of the year is", "Two plus two equals")],
     neutral={"corpus": "neutral_en", "texts": 8},
 )
+# The validation split (docs/tasks.md): what `compare --budget` tunes on; the test probes above are unchanged.
+held = task["generalisation"]
+task["efficacy"], task["generalisation"] = task["efficacy"][:40], held[:40]
+test_prompts = {p["prompt"] for p in held[:40]}  # a prompt in both splits would be one generation scored twice
+task["validation"] = {
+    "generalisation": [p for p in held[40:] if p["prompt"] not in test_prompts][:20],
+    "specificity": [{"prompt": p} for p in (
+        "The capital of Italy is", "Ice melts at a temperature of", "The smallest planet in our solar system is",
+        "He closed the window and")],
+    "neutral": {"corpus": "neutral_en", "texts": 8, "skip": 8},
+    "spelling_prompts": ["The harbor was full of", "Her favorite flavor of ice cream", "The neighbors organized a",
+                         "We traveled by train to", "The theater was crowded because", "They analyzed the",
+                         "The gray horse", "He criticized the"],
+}
+# surgeon map's entry (run from the repository root): the common advice and the arms that test it
+task["map"] = {"behaviour": task["name"], "advice": "LoRA on early layers (0-6)", "advice_arm": "lora_early",
+               "arms": ["none",
+                        "tokens=edit:examples/prereform_orthography/tokens_arm.py rules=en_gb words=400 boost=0.1",
+                        "lora_early=lora layers=0-6 roles=attn+mlp", "lora=lora roles=attn+mlp"]}
 (HERE / "task.json").write_text(json.dumps(task, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 print(f"wrote {HERE / 'task.json'}: {len(task['train'])} training examples, {len(task['efficacy'])} efficacy and "
-      f"{len(task['generalisation'])} held-out probes")
+      f"{len(task['generalisation'])} held-out probes; validation: {len(task['validation']['generalisation'])} probes")

@@ -202,7 +202,8 @@ def transplant(ck, donor, *, keys=None, layers=None, from_layer: int | None = No
     if from_layer is not None:
         dst = {r.layer for r in (ck.resolve(k) for k in sel)}
         if len(dst) != 1 or None in dst:
-            raise EditError(f"transplant from_layer={from_layer}: the selection must lie in exactly one layer, got {sorted(map(str, dst))}")
+            raise EditError(f"transplant from_layer={from_layer}: the selection must lie in exactly one layer, "
+                            f"got {sorted(map(str, dst))}")
         to = dst.pop()
         src_of = {k: k.replace(f"layers.{to}.", f"layers.{int(from_layer)}.", 1) for k in sel}
     else:

@@ -161,7 +161,8 @@ def key_covariance(ck, layer: int, *, tokens: int = 20_000, seq_len: int = 128, 
         acc = kk if acc is None else acc + kk
         raise _Stop
 
-    bar = tqdm(total=int(rows.numel()), unit="tok", desc=f"C at layers.{layer}.mlp.down", disable=not progress, leave=False)
+    bar = tqdm(total=int(rows.numel()), unit="tok", desc=f"C at layers.{layer}.mlp.down", disable=not progress,
+               leave=False)
     with torch.no_grad(), rt.patch(point, grab):
         for i in range(0, len(rows), batch_size):
             x = rows[i : i + batch_size].to(rt.device)

@@ -16,6 +16,14 @@ To make "The Eiffel Tower is located in the city of" continue with " Rome" it
 3. inserts (k*, v*) with the least change to the other stored keys, measured
    under their second moment C (:mod:`surgeon.edits.covariance`):
    ΔW = Λ uᵀ with u = C⁻¹k* and Λ = (v* − W k*) / (uᵀ k*), so ΔW k* = v* − W k*.
+   The key of the bare prompt gets the same change (uᵀ k_bare = uᵀ k* = 1, still
+   rank one): without a BOS token (SmolLM2) a subject that starts the prompt sits
+   at the attention sink, its key is far from the prefixed ones (cosine 0.2-0.6),
+   and a ΔW fitted to the mean alone left "Big Ben is located in the city of" →
+   " Moscow" at P 0.002 where the optimisation reached 0.93 (layers 3, 6, 10;
+   with both keys 0.88, 0.91, 0.97, ordinary prompts unchanged). An edit that
+   still ends below P 0.5, or far below the optimised P, warns and says so in
+   the manifest.
 
 Speed: everything below the edited layer, and every position before the
 subject's last token, is the same at every optimisation step, so it is run
@@ -35,6 +43,7 @@ from __future__ import annotations
 import random
 import re
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -90,6 +99,7 @@ class RankOneResult:
     rounding_error: float  # ‖(W_stored − W) − ΔW‖ / ‖ΔW‖
     seconds: float  # whole edit, computing C excluded (loading a cached C included)
     seconds_v: float  # the v* optimisation
+    warning: str | None  # set when P after the edit is below 0.5 or far below the optimised P
     k_star: torch.Tensor = field(repr=False)
     v_star: torch.Tensor = field(repr=False)
     delta_w: torch.Tensor = field(repr=False)  # ΔW (out, in), float32
@@ -119,7 +129,7 @@ def rank_one(ck, request: RankOneRequest, *, layer: int | None = None, covarianc
     p_before = float(rt.continuation_logprob([request.prompt], [request.target])[0].exp())
 
     W = ck[key]
-    k_star, top = compute_key(rt, key, batch, layer if p.resume else 0)
+    k_star, k_bare, top = compute_key(rt, key, batch, layer if p.resume else 0)
     wk = W @ k_star  # W k*: what the memory returns for k* today
     t_v = time.perf_counter()
     delta, steps, p_opt = optimise_value(rt, key, top, batch, wk, p)
@@ -128,22 +138,35 @@ def rank_one(ck, request: RankOneRequest, *, layer: int | None = None, covarianc
     seconds_v = time.perf_counter() - t_v
 
     C, cov_info, c_seconds = _second_moment(ck, layer, covariance, p, rt)
-    delta_w = insert(W, k_star, v_star, C)
+    delta_w = insert(W, k_star, v_star, C, also=k_bare[None])
     ck[key] = W + delta_w
     stored = ck[key] - W
     rt.sync(key)
     p_after = float(rt.continuation_logprob([request.prompt], [request.target])[0].exp())
+    warning = _check_result(key, request, p_after, p_opt)
     result = RankOneResult(
         key=key, layer=layer, covariance=cov_info, p_before=p_before, p_after=p_after, p_optimised=p_opt,
         steps=steps, delta_norm=float(delta_w.norm()), relative=float(delta_w.norm() / W.norm()),
         stored_delta_norm=float(stored.norm()), rounding_error=float((stored - delta_w).norm() / delta_w.norm()),
-        seconds=time.perf_counter() - t0 - c_seconds, seconds_v=seconds_v, k_star=k_star, v_star=v_star,
-        delta_w=delta_w,
+        seconds=time.perf_counter() - t0 - c_seconds, seconds_v=seconds_v, warning=warning, k_star=k_star,
+        v_star=v_star, delta_w=delta_w,
     )
     ck.record("rome", key=key, layer=layer, subject=request.subject, prompt=request.prompt, target=request.target,
               covariance=cov_info, p_before=round(p_before, 4), p_after=round(p_after, 4),
-              relative_change=round(result.relative, 5), steps=steps, params=_jsonable(asdict(p)))
+              relative_change=round(result.relative, 5), steps=steps, params=_jsonable(asdict(p)),
+              **({"warning": warning} if warning else {}))
     return result
+
+
+def _check_result(key: str, request: RankOneRequest, p_after: float, p_opt: float) -> str | None:
+    """A warning (issued, and returned for the result and manifest) when the prompt does not say the target."""
+    if p_after >= 0.5 and p_after >= p_opt - 0.3:
+        return None
+    msg = (f"{key}: after the edit P({request.target!r} | {request.prompt!r}) = {p_after:.3f}, where the "
+           f"optimisation reached {p_opt:.3f}: the fact is not reliably rewritten (try another layer, more steps, "
+           f"or a prompt with words before the subject)")
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    return msg
 
 
 def _check(ck, request: RankOneRequest, key: str, layer: int, covariance):
@@ -217,14 +240,15 @@ class RewriteBatch:
 def compute_key(rt, key: str, batch: RewriteBatch, start_layer: int):
     """k* = the mean input of ``mlp.down`` at the subject's last token over the prefixed prompts.
 
-    Returns (k*, top): ``top`` reruns layers ``start_layer``.. of the batch (:meth:`Runtime.resume_from`).
+    Returns (k*, k_bare, top): k_bare is the key of the bare prompt (row 0, no prefix);
+    ``top`` reruns layers ``start_layer``.. of the batch (:meth:`Runtime.resume_from`).
     """
     at = batch.subj_col - batch.split
     with _frozen(rt.model), rt.capture([f"{key}.input"]) as store:
         top = rt.resume_from(start_layer, batch.ids, batch.mask, split=batch.split)
     keys = store[f"{key}.input"].float()
-    k_star = keys[torch.arange(batch.n_rw), at[: batch.n_rw]].mean(0).cpu()
-    return k_star, top
+    per_row = keys[torch.arange(batch.n_rw), at[: batch.n_rw]].cpu()
+    return per_row.mean(0), per_row[0], top
 
 
 def optimise_value(rt, key: str, top, batch: RewriteBatch, wk: torch.Tensor, p: RankOneParams):
@@ -270,14 +294,24 @@ def optimise_value(rt, key: str, top, batch: RewriteBatch, wk: torch.Tensor, p: 
     return delta.detach().cpu(), steps, p_opt
 
 
-def insert(W: torch.Tensor, k_star: torch.Tensor, v_star: torch.Tensor, C: torch.Tensor | None) -> torch.Tensor:
+def insert(W: torch.Tensor, k_star: torch.Tensor, v_star: torch.Tensor, C: torch.Tensor | None,
+           also: torch.Tensor | None = None) -> torch.Tensor:
     """ΔW = Λ uᵀ with u = C⁻¹k*, Λ = (v* − W k*) / (uᵀk*): W' k* = v*, least change to other keys under C.
 
-    ``C`` None: u = k* (the identity covariance).
+    ``also``: (n, d_ff) keys that must receive the same change Λ (W' k = W k + v* − W k*):
+    u = C⁻¹K (Kᵀ C⁻¹ K)⁻¹ 1 over K = [k*, also], the least-change u with uᵀk = 1 for
+    each, so ΔW stays rank one. A key nearly parallel to k* under C adds nothing and
+    is left out (it would only inflate u). ``C`` None: the identity covariance.
     """
-    k = k_star.double()
-    u = k if C is None else torch.linalg.solve(C.double(), k)
-    lam = (v_star - W @ k_star).double() / (u @ k)
+    K = k_star.double()[:, None] if also is None else torch.cat([k_star[None], also]).double().T  # (d_ff, n)
+    U = K if C is None else torch.linalg.solve(C.double(), K)
+    G = K.T @ U  # Gram matrix of the keys under C⁻¹
+    g = G.diagonal()
+    cos2 = G[0] ** 2 / (g[0] * g)
+    keep = torch.cat([torch.tensor([True]), cos2[1:] < 1 - 1e-4])
+    U, G = U[:, keep], G[keep][:, keep]
+    u = U @ torch.linalg.solve(G, torch.ones(len(G), dtype=G.dtype))
+    lam = (v_star - W @ k_star).double()
     return torch.outer(lam, u).float()
 
 

@@ -150,7 +150,8 @@ def _load_tokenizer(d: Path):
     try:
         return AutoTokenizer.from_pretrained(str(d))
     except Exception as e:  # transformers raises many kinds
-        raise EditError(f"{d.name}: cannot load the tokenizer ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        raise EditError(f"{d.name}: cannot load the tokenizer "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
 
 
 def _stage_changed_files(ck, tok, src: Path, out: Path) -> list[str]:

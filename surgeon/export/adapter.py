@@ -1,7 +1,10 @@
 """An edit as a PEFT LoRA adapter: ΔW = W_edited − W_original as B·A, per tensor.
 
 A rank-one edit (ROME, directional ablation) is exactly rank one, so its
-adapter is exact up to the rounding of the stored edited tensor; a denser edit
+adapter is exact up to the rounding of the stored edited tensor — which is not
+small: W + ΔW cast to bf16 differs from W + ΔW by ~3% of ‖ΔW‖ for a ROME edit
+(fp16 ~0.4%), so the residual against the edited checkpoint is at that level
+while base + adapter is the edit as computed (factors are stored in float32); a denser edit
 is truncated by SVD (Eckart–Young: the best rank-r approximation in Frobenius
 norm), and each tensor reports its relative residual ‖ΔW − BA‖/‖ΔW‖.
 
@@ -41,6 +44,7 @@ from pathlib import Path
 import torch
 
 from surgeon.errors import EditError, SurgeonError
+from surgeon.export.lowrank import factor
 from surgeon.io.atomic import atomic_output, check_output
 from surgeon.io.changes import IGNORED_CONFIG, changed_names, config_changes, oriented, unit_roundoff, whole_ref
 from surgeon.io.checkpoint import Checkpoint, open_checkpoint
@@ -117,21 +121,40 @@ def export_adapter(edited, base, out, *, rank: int | None = None, tol: float | N
     if arch is None:
         raise AdapterError(f"{bs.path}: unknown architecture; adapter targets come from the role table")
     if ed.architecture is None or ed.architecture.name != arch.name:
-        raise AdapterError(f"{ed.path}: architecture {getattr(ed.architecture, 'name', None)} differs from the base's {arch.name}")
+        raise AdapterError(f"{ed.path}: architecture {getattr(ed.architecture, 'name', None)} "
+                           f"differs from the base's {arch.name}")
     out = check_output(out, (bs.path, ed.path), overwrite=overwrite)  # fail before the factorisations
 
     model = _meta_model(bs)
     modules = dict(model.named_modules())
     report = AdapterExport(out=str(out), base=str(bs.path), edited=str(ed.path))
-    lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # module -> (B, A) in peft's Linear shapes
-    embed_lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # module -> (B (hidden, r), A (r, vocab))
-    biases: dict[str, torch.Tensor] = {}
-    save_whole: set[str] = set()
+    parts = _collect(ed, bs, arch, modules, report, rank, tol)
+    report.config_changes = _config_changes(ed, bs, arch, report)
+    _reconcile(parts, report, modules, allow_skip, ed, bs)
+    report.lora_bias = bool(parts.biases)
+    report.modules_to_save = sorted(parts.save_whole)
+    state, config = _build(model, parts.lora, parts.embed_lora, parts.biases, parts.save_whole, ed, arch, modules, bs)
+    report.parameters = sum(v.numel() for v in state.values())
+    _write(out, state, config, report, overwrite)
+    return report
 
+
+@dataclass
+class _Parts:
+    """What the adapter will hold, by peft module name."""
+
+    lora: dict = field(default_factory=dict)  # module -> (B, A) in peft's Linear shapes
+    embed_lora: dict = field(default_factory=dict)  # module -> (B (hidden, r), A (r, vocab))
+    biases: dict = field(default_factory=dict)  # module -> Δbias (peft lora_bias)
+    save_whole: set = field(default_factory=set)  # modules copied whole (norms)
+
+
+def _collect(ed, bs, arch, modules, report: AdapterExport, rank, tol) -> _Parts:
+    """Classify every changed tensor and factor each matrix change ΔW ≈ B A."""
+    parts = _Parts()
     for name in changed_names(ed, bs):
         rows = _classify(name, ed, bs, arch, modules)
-        for t in rows:
-            report.tensors.append(t)
+        report.tensors.extend(rows)
         t = rows[0]
         if t.kind == "lora":
             mod = modules[t.module]
@@ -140,46 +163,46 @@ def export_adapter(edited, base, out, *, rank: int | None = None, tol: float | N
             rounding = unit_roundoff(ed.stored_dtype(name)) / math.sqrt(3) * float(new[delta != 0].norm())
             if isinstance(mod, torch.nn.Embedding):
                 delta = delta.T  # peft's embedding LoRA: ΔE = (B A)ᵀ with B (hidden, r), A (r, vocab)
-            b, a = _factor(delta, t, rounding, rank, tol)
-            (embed_lora if isinstance(mod, torch.nn.Embedding) else lora)[t.module] = (b, a)
+            b, a = factor(delta, t, rounding, rank, tol)
+            (parts.embed_lora if isinstance(mod, torch.nn.Embedding) else parts.lora)[t.module] = (b, a)
             if len(rows) > 1:  # tied head: the same ΔW seen from the output side
                 head = rows[1]
-                lora[head.module] = (a.T.clone(), b.T.clone())
+                parts.lora[head.module] = (a.T.clone(), b.T.clone())
                 head.rank, head.residual, head.rounding, head.delta_norm = t.rank, t.residual, t.rounding, t.delta_norm
         elif t.kind == "bias":
-            biases[t.module] = _delta(name, ed, bs)
+            parts.biases[t.module] = _delta(name, ed, bs)
         elif t.kind == "modules_to_save":
-            save_whole.add(t.module)
+            parts.save_whole.add(t.module)
+    return parts
 
-    report.config_changes = _config_changes(ed, bs, arch, report)
-    if biases and embed_lora:  # lora_bias is one switch for the whole adapter, and peft refuses it on embeddings
-        names = {t.tensor for t in report.tensors if t.module in embed_lora}
+
+def _reconcile(parts: _Parts, report: AdapterExport, modules, allow_skip: bool, ed, bs) -> None:
+    """What peft cannot hold together is skipped (or refused without ``allow_skip``); bias-only modules
+    get a zero LoRA pair to carry their ``lora_bias``."""
+    # lora_bias is one switch for the whole adapter; peft refuses it on embeddings
+    if parts.biases and parts.embed_lora:
+        names = {t.tensor for t in report.tensors if t.module in parts.embed_lora}
         for t in report.tensors:
             if t.tensor in names:
-                t.kind, t.reason = "skipped", "peft cannot put lora_bias (needed for the changed biases) on an embedding"
-                lora.pop(t.module, None)
-        embed_lora.clear()
+                t.kind, t.reason = "skipped", ("peft cannot put lora_bias (needed for the changed biases) "
+                                               "on an embedding")
+                parts.lora.pop(t.module, None)
+        parts.embed_lora.clear()
     skipped = report.skipped
     if skipped and not allow_skip:
         first = skipped[0]
         more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
-        raise AdapterError(f"{first.key} ({first.tensor}): {first.reason}{more}; pass allow_skip / --allow-skip to export the rest")
-    if not (lora or embed_lora or biases or save_whole):
+        raise AdapterError(f"{first.key} ({first.tensor}): {first.reason}{more}; "
+                           "pass allow_skip / --allow-skip to export the rest")
+    if not (parts.lora or parts.embed_lora or parts.biases or parts.save_whole):
         raise AdapterError(f"{ed.path}: no tensor differs from {bs.path} in a way an adapter can carry")
-    for m in biases:  # a bias-only module still needs a (zero) LoRA pair to carry lora_bias
-        if m not in lora:
+    for m in parts.biases:  # a bias-only module still needs a (zero) LoRA pair to carry lora_bias
+        if m not in parts.lora:
             w = modules[m]
-            lora[m] = (torch.zeros(_out_features(w), 1), torch.zeros(1, _in_features(w)))
+            parts.lora[m] = (torch.zeros(_out_features(w), 1), torch.zeros(1, _in_features(w)))
             for t in report.tensors:
                 if t.module == m and t.kind == "bias":
                     t.rank = 1
-
-    report.lora_bias = bool(biases)
-    report.modules_to_save = sorted(save_whole)
-    state, config = _build(model, lora, embed_lora, biases, save_whole, ed, arch, modules, bs)
-    report.parameters = sum(v.numel() for v in state.values())
-    _write(out, state, config, report, overwrite)
-    return report
 
 
 # --------------------------------------------------------------------------- what changed
@@ -203,11 +226,13 @@ def _classify(name, ed, bs, arch, modules) -> list[TensorExport]:
     if gone:
         return skip("removed by the edit; an adapter cannot delete a tensor")
     if not new and list(bs.entries[name].shape) != shape:
-        return skip(f"shape changed {list(bs.entries[name].shape)} -> {shape} (added rows?); LoRA keeps the base's shapes")
+        return skip(f"shape changed {list(bs.entries[name].shape)} -> {shape} (added rows?); "
+                    "LoRA keeps the base's shapes")
     if ref is None:
         return skip("tensor has no role; adapter targets come from the role table")
     if module is None:
-        return skip(f"module {module_path!r} is not a module of the transformers model (fused MoE experts?); LoRA cannot target it")
+        return skip(f"module {module_path!r} is not a module of the transformers model (fused MoE experts?); "
+                    "LoRA cannot target it")
     mod = modules[module]
     linear = _is_linear(mod)
     if param == "bias" and linear:
@@ -243,8 +268,9 @@ def _config_changes(ed, bs, arch, report) -> dict:
     for k, (a, b) in changes.items():
         if k in flags and not a and b:
             continue  # the added biases are checked tensor by tensor (bias or noop rows)
-        report.tensors.append(TensorExport(key=f"config.{k}", tensor="config.json", module=None, kind="skipped", shape=[],
-                                           reason=f"config {k}: {a!r} -> {b!r}; an adapter cannot change the base config"))
+        report.tensors.append(TensorExport(
+            key=f"config.{k}", tensor="config.json", module=None, kind="skipped", shape=[],
+            reason=f"config {k}: {a!r} -> {b!r}; an adapter cannot change the base config"))
     return changes
 
 
@@ -261,67 +287,6 @@ def _pair(name, ed, bs) -> tuple[torch.Tensor, torch.Tensor]:
 def _delta(name, ed, bs) -> torch.Tensor:
     new, old = _pair(name, ed, bs)
     return new - old
-
-
-def _factor(delta: torch.Tensor, row: TensorExport, rounding: float, rank, tol):
-    """Best rank-r ΔW ≈ B A (Eckart–Young), B (out, r), A (r, in); fills rank/residual into ``row``.
-
-    The top singular subspace comes from a randomized SVD (Halko et al. 2011,
-    ``torch.svd_lowrank``, 3 power iterations, fixed seed), grown
-    ×4 until the rank rule is met; past a quarter of the full rank, from the
-    eigen-decomposition of the smaller Gram matrix instead. B = U_r and
-    A = U_rᵀ ΔW, so BA is ΔW projected on that subspace and the reported
-    residual √(‖ΔW‖² − ‖A‖²) is exactly what the written factors leave.
-    """
-    d = delta.double()
-    total2 = float(d.pow(2).sum())
-    total = math.sqrt(total2)
-    k = min(d.shape)
-    # the default rule: the rank where what is left is at the storage rounding — with a floor, since an
-    # edit stored exactly (zeroed heads) has rounding 0 and only an exactly-zero tail would match it
-    target = tol * total if tol is not None else None if rank is not None else max(2 * rounding, 1e-6 * total)
-    q = min(k, max(8, rank or 0))
-    # float32 sketches resolve tails down to ~3e-4 of ‖ΔW‖, enough for bf16/fp16 rounding or a tolerance;
-    # an fp32-stored edit's rounding floor (~1e-7) needs float64
-    work = torch.float32 if target is None or target > 1e-3 * total else torch.float64
-    while True:
-        full = 4 * q >= k
-        if full:
-            wide = d.shape[0] <= d.shape[1]
-            lam, vec = torch.linalg.eigh(d @ d.T if wide else d.T @ d)
-            sig2, vec = lam.flip(0).clamp_min(0), vec.flip(1)  # left (wide) or right (tall) singular vectors
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                left, sv, _ = torch.svd_lowrank(d.to(work), q=q, niter=3)
-            left, sig2 = left.double(), sv.double().pow(2)
-        tail = (total2 - torch.cat([sig2.new_zeros(1), sig2.cumsum(0)])).clamp_min(0).sqrt()  # estimated ‖ΔW − ΔW_r‖
-        hit = (tail <= target).nonzero() if target is not None else tail.new_zeros(0, 1)
-        if len(hit):
-            r = int(hit[0])
-            r = min(r, rank) if rank is not None else r
-            break
-        if rank is not None and (rank <= len(sig2) or full):
-            r = min(rank, len(sig2))
-            break
-        if full:
-            r = len(sig2)
-            break
-        q *= 4
-    r = max(1, min(r, k))
-    if full and d.shape[0] > d.shape[1]:  # tall: the right singular vectors
-        v, _ = torch.linalg.qr(vec[:, :r])
-        b, a = d @ v, v.T
-        kept = float(b.pow(2).sum())
-    else:
-        u, _ = torch.linalg.qr((vec if full else left)[:, :r])  # orthonormal, so the residual below is exact
-        b, a = u, u.T @ d
-        kept = float(a.pow(2).sum())
-    row.rank = r
-    row.delta_norm = total
-    row.residual = math.sqrt(max(total2 - kept, 0.0)) / total if total else 0.0
-    row.rounding = rounding / total if total else None
-    return b.float().contiguous(), a.float().contiguous()
 
 
 # --------------------------------------------------------------------------- peft
@@ -387,7 +352,8 @@ def _build(model, lora, embed_lora, biases, save_whole, ed, arch, modules, bs):
         if value is None:
             raise SurgeonError(f"adapter key {key!r}: peft expects it but surgeon has no value for it (a bug)")
         if tuple(value.shape) != tuple(meta.shape):
-            raise SurgeonError(f"adapter key {key!r}: shape {tuple(value.shape)} but peft expects {tuple(meta.shape)} (a bug)")
+            raise SurgeonError(f"adapter key {key!r}: shape {tuple(value.shape)} "
+                               f"but peft expects {tuple(meta.shape)} (a bug)")
         state[key] = value.contiguous()
     saved = peft_model.peft_config["default"]
     saved.base_model_name_or_path = str(bs.path)

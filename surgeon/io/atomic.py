@@ -39,6 +39,20 @@ def check_outside(src: str | os.PathLike, out: str | os.PathLike) -> None:
         raise OutputError(f"{out}: output must not contain the input checkpoint ({src})")
 
 
+def stays_inside(root: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """Does ``path`` (in checkpoint ``root``, links followed) lead to a file of the checkpoint?
+
+    Inside ``root``, or a Hugging Face hub cache link into the same repository's
+    blobs: the cache keeps each file once, as ``models--ORG--NAME/blobs/SHA``, and a
+    snapshot ``models--ORG--NAME/snapshots/REV/`` holds links ``FILE -> ../../blobs/SHA``.
+    """
+    root = Path(root).resolve()
+    target = Path(path).resolve()
+    if root in target.parents:
+        return True
+    return root.parent.name == "snapshots" and target.parent == root.parent.parent / "blobs"
+
+
 def check_output(out: str | os.PathLike, inputs=(), *, overwrite: bool = False) -> Path:
     """``out`` made absolute, after checking it is outside ``inputs``, new (or ``overwrite``) and has a parent."""
     out = Path(out).absolute()

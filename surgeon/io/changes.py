@@ -16,10 +16,12 @@ One answer, used by the manifest (:func:`staged_changes`), ``apply --dry-run``,
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import re
 from typing import TYPE_CHECKING
 
-from surgeon.io.shards import dtype_code, sha256_range, tensor_bytes
+from surgeon.io.shards import ITEMSIZE, dtype_code, sha256_range, tensor_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -159,3 +161,48 @@ def count_changed(old: torch.Tensor | None, new: torch.Tensor) -> int:
 def elements_changed(ck) -> int:
     """Elements changed by ``ck``'s staged edits against its input files."""
     return sum(count_changed(None if n in ck.added else ck.original(n), ck.stored(n)) for n in ck.changed)
+
+
+LIST_LIMIT = 24  # tensor lines a listing prints before "… N more"
+
+
+def added_zeros(c: dict) -> bool:
+    """A manifest record of an added all-zero tensor (a bias a config flag needs): its sha256 is that of zeros."""
+    size = math.prod(c["new_shape"]) * ITEMSIZE.get(c["dtype"], 0)
+    return (bool(c.get("added")) and 0 < size <= 1 << 24
+            and c["new_sha256"] == hashlib.sha256(bytes(size)).hexdigest())
+
+
+def listing(rows: list[dict], line, zero) -> list[str]:
+    """Lines for changed-tensor records (``key``/``name``), for a terminal: in layer order (layers.2 before
+    layers.10), those ``zero`` says are all zero summed up in one line per role, the rest cut at LIST_LIMIT."""
+    rows = sorted(rows, key=lambda r: natural_key(r["key"] or r["name"]))
+    zeros: dict[str, list[int]] = {}
+    shown = []
+    for r in rows:
+        if zero(r):
+            name = r["key"] or r["name"]
+            m = re.match(r"layers\.(\d+)\.(.+)", name)
+            zeros.setdefault(m.group(2) if m else name, []).append(int(m.group(1)) if m else -1)
+        else:
+            shown.append(line(r))
+    if len(shown) > LIST_LIMIT:
+        shown = shown[:LIST_LIMIT] + [f"  … {len(shown) - LIST_LIMIT} more (--json for all)"]
+    for role, layers in zeros.items():
+        where = f" in layers {spans(layers)}" if layers[0] >= 0 else ""
+        shown.append(f"  {len(layers)} × {role}: all zero{where} (no numerical change)")
+    return shown
+
+
+def spans(ns: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5"."""
+    out, ns = [], sorted(set(ns))
+    start = prev = ns[0]
+    for n in ns[1:] + [None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        out.append(f"{start}-{prev}" if prev > start else f"{start}")
+        if n is not None:
+            start = prev = n
+    return ", ".join(out)

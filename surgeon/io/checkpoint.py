@@ -15,115 +15,29 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from surgeon.errors import CheckpointError, EditError, RoleError, UnknownArchitecture
-from surgeon.io.rows import RowPatches
+from surgeon.errors import EditError, RoleError, UnknownArchitecture
+from surgeon.io.layout import read_layout
+from surgeon.io.rows import RowPatches, rows_on_disk
 from surgeon.io.save import save
-from surgeon.io.shards import ShardHeader, TensorEntry, _brief, read_header, read_tensor
+from surgeon.io.shards import ShardHeader, TensorEntry, read_tensor
 from surgeon.io.values import cast_checked, shares_memory
 from surgeon.roles import Architecture, RoleRef, RoleTable, find_architecture
 
 if TYPE_CHECKING:  # torch is imported on the first tensor read, not on open
     import torch
 
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
-PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "consolidated.00.pth", "tf_model.h5", "flax_model.msgpack")
-
 
 def open_checkpoint(path: str | os.PathLike, *, allow_external_links: bool = False) -> Checkpoint:
-    """Open ``path`` (a directory) reading headers only.
+    """Open ``path`` (a directory) reading headers only (checked by :func:`surgeon.io.layout.read_layout`).
 
     ``allow_external_links``: accept shards that are symlinks to files outside
     the directory (as in a Hugging Face cache snapshot). Off by default, so a
     crafted checkpoint cannot make surgeon read arbitrary files.
     """
-    root = Path(path)
-    if not root.is_dir():
-        raise CheckpointError(f"{root}: not a checkpoint directory")
-    root = root.resolve()
-    cfg_path = root / "config.json"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{cfg_path}: missing (a checkpoint directory needs config.json)")
-    config = _read_json(cfg_path)
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{cfg_path}: not a JSON object")
-
-    index = None
-    if (root / INDEX).exists():
-        index = _read_index(root)
-        shard_files = sorted(set(index["weight_map"].values()))
-    elif (root / SINGLE).exists():
-        shard_files = [SINGLE]
-    else:
-        pickled = [p for p in PICKLES if (root / p).exists()] or sorted(p.name for p in root.glob("*.bin"))
-        if pickled:
-            raise CheckpointError(
-                f"{root / pickled[0]}: pickle-based weights; surgeon never unpickles — convert the checkpoint to safetensors first"
-            )
-        raise CheckpointError(f"{root}: no {SINGLE} or {INDEX}")
-
-    shards: dict[str, ShardHeader] = {}
-    entries: dict[str, TensorEntry] = {}
-    for rel in shard_files:
-        full = _safe_member(root, rel, allow_external_links, what="shard")
-        if not full.is_file():
-            named = f"named by {INDEX} " if index is not None else ""
-            raise CheckpointError(f"{root / rel}: shard {named}is missing or not a file")
-        header = read_header(str(full), rel)
-        shards[rel] = header
-        for e in header.entries:
-            if e.name in entries:
-                raise CheckpointError(f"{root / rel}: tensor {_brief(e.name)} is also in {entries[e.name].file}")
-            entries[e.name] = e
-    if index is not None:
-        wm = index["weight_map"]
-        for name, rel in wm.items():
-            if name not in entries or entries[name].file != rel:
-                raise CheckpointError(f"{root / INDEX}: maps {_brief(name)} to {rel!r}, which does not contain it")
-        for name, e in entries.items():
-            if name not in wm:
-                raise CheckpointError(f"{root / e.file}: holds tensor {_brief(name)} that {INDEX} does not list")
-    ck = Checkpoint(root, config, shards, entries, index)
+    layout = read_layout(path, allow_external_links)
+    ck = Checkpoint(layout.root, layout.config, layout.shards, layout.entries, layout.index)
     ck.allow_external_links = allow_external_links  # save() then copies linked config/tokenizer files too
     return ck
-
-
-def _read_json(p: Path):
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise CheckpointError(f"{p}: cannot read ({e.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CheckpointError(f"{p}: not valid JSON ({e.__class__.__name__})") from None
-
-
-def _read_index(root: Path) -> dict:
-    p = root / INDEX
-    index = _read_json(p)
-    wm = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
-        raise CheckpointError(f"{p}: no weight_map of tensor name -> shard file")
-    for rel in set(wm.values()):
-        if not rel or not rel.isprintable():
-            raise CheckpointError(f"{p}: shard file name {_brief(rel)} is empty or holds unprintable characters")
-    if not isinstance(index.get("metadata", {}), dict):
-        raise CheckpointError(f"{p}: metadata is not a JSON object")
-    return index
-
-
-def _safe_member(root: Path, rel: str, allow_external_links: bool, what: str) -> Path:
-    """``root/rel``, refusing absolute paths, ``..`` and (by default) links that leave ``root``."""
-    parts = Path(rel).parts
-    if not rel or Path(rel).is_absolute() or ".." in parts or "\\" in rel:
-        raise CheckpointError(f"{root / INDEX}: {what} path {rel!r} leaves the checkpoint directory")
-    full = root / rel
-    if allow_external_links or ("/" not in rel and not full.is_symlink()):
-        return full  # a plain file directly in root (the common case) cannot lead outside: skip resolve()
-    if full.exists() and root not in full.resolve().parents:
-        raise CheckpointError(
-            f"{full}: {what} is a link to {full.resolve()}, outside the checkpoint (pass allow_external_links / --allow-external-links to accept)"
-        )
-    return full
 
 
 class Checkpoint:
@@ -136,7 +50,8 @@ class Checkpoint:
     writing either changes both.
     """
 
-    def __init__(self, root: Path, config: dict, shards: dict[str, ShardHeader], entries: dict[str, TensorEntry], index: dict | None):
+    def __init__(self, root: Path, config: dict, shards: dict[str, ShardHeader], entries: dict[str, TensorEntry],
+                 index: dict | None):
         self.path = root
         self.allow_external_links = False
         self.prefetch = None  # a surgeon.io.prefetch.Prefetch while `surgeon apply` runs its script
@@ -161,12 +76,17 @@ class Checkpoint:
 
     @property
     def roles(self) -> RoleTable:
-        """The role table; raises UnknownArchitecture for a family surgeon does not know."""
+        """The role table (from the family's table or inferred); raises UnknownArchitecture when neither exists."""
         if self.architecture is None:
             raise self._arch_error
         if self._roles is None:
             self._roles = RoleTable(self.architecture, self.config, list(self.entries) + list(self.added))
         return self._roles
+
+    @property
+    def unknown_reason(self) -> str | None:
+        """Why this checkpoint has no roles (no table and no inference), or None when it has them."""
+        return str(self._arch_error) if self.architecture is None else None
 
     def resolve(self, key: str) -> RoleRef:
         """Role key or raw tensor name -> RoleRef (raw names also work for unknown families)."""
@@ -258,21 +178,13 @@ class Checkpoint:
             return tuple(self.staged[name].shape)
         return self.patches[name].shape if name in self.patches else self.entries[name].shape
 
-    def _rows_on_disk(self, ref: RoleRef) -> int | None:
-        """The stored row where row 0 of ``ref``'s view is, or None if its rows are not contiguous there."""
-        if ref.view.transposed and len(self._stored_shape(ref.tensor)) == 2:
-            return None
-        if ref.view.rows is None:
-            return 0
-        return ref.view.rows.start if isinstance(ref.view.rows, range) and ref.view.rows.step == 1 else None
-
     def _read_rows(self, ref: RoleRef, key: str, rows: slice) -> torch.Tensor:
         n = self.shape(key)[0] if self.shape(key) else 0
         if not isinstance(rows, slice) or rows.step not in (None, 1):
             raise EditError(f"{key}: rows must be a slice with step 1, got {rows!r}")
         a, b, _ = rows.indices(n)
         b = max(a, b)
-        off = self._rows_on_disk(ref)
+        off = rows_on_disk(ref.view, self._stored_shape(ref.tensor))
         name = ref.tensor
         if off is None or name in self.staged or name not in self.entries:
             return ref.view.read(self.stored(name))[a:b]
@@ -336,9 +248,10 @@ class Checkpoint:
         if not isinstance(start, int) or not 0 <= start <= n:
             raise EditError(f"{what}: start row {start!r} is outside 0..{n}")
         grows = start + value.shape[0] > n
-        off = self._rows_on_disk(ref)
+        off = rows_on_disk(ref.view, self._stored_shape(ref.tensor))
         if grows and (ref.view.rows is not None or off != 0):
-            raise EditError(f"{what}: rows {start}..{start + value.shape[0]} run past the {n} rows of a part or Conv1D view")
+            raise EditError(f"{what}: rows {start}..{start + value.shape[0]} run past the {n} rows of a part "
+                            "or Conv1D view")
         stored_value = cast_checked(value, self.stored_dtype(ref.tensor), what)
         if off is None or ref.tensor in self.staged or ref.tensor not in self.entries:
             whole = ref.view.read(self.stored(ref.tensor))

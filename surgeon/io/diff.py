@@ -19,7 +19,6 @@ large the edit is compared with the weights.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -174,52 +173,53 @@ def diff(a, b, *, rank: bool = True, progress: bool = False, unrelated: bool = F
         shared = len(in_a & in_b) / max(1, min(len(in_a), len(in_b)))
         if ta != tb or shared < 0.5:
             raise DiffError(f"{b.path}: not a version of {a.path} ({ta} with {len(in_a)} tensors vs {tb} with "
-                            f"{len(in_b)}, {shared:.0%} of names shared); pass unrelated=True / --unrelated to diff anyway")
+                            f"{len(in_b)}, {shared:.0%} of names shared); "
+                            "pass unrelated=True / --unrelated to diff anyway")
     names = names_a + [n for n in names_b if n not in in_a]
     it = names
     if progress:
         from tqdm import tqdm
 
         it = tqdm(names, desc="diff", unit="tensor")
-    out = []
-    for name in it:
-        ck = b if name in in_b else a
-        ref = whole_ref(ck, name)
-        rec = TensorDiff(
-            name=name,
-            key=ref.key if ref else None,
-            role=(ref.role if ref.param == "weight" else f"{ref.role}.{ref.param}") if ref else None,
-            layer=ref.layer if ref else None,
-            expert=ref.expert if ref else None,
-            shape_a=None, shape_b=None, dtype_a=None, dtype_b=None, changed=True,
-        )
-        if name in in_a and name in in_b and same_bytes(b, a, name):  # a hard link: equal without reading
-            rec.changed = False
-            rec.shape_a = rec.shape_b = list(ref.view.shape(a.entries[name].shape) if ref else a.entries[name].shape)
-            rec.dtype_a = rec.dtype_b = a.entries[name].dtype
-            out.append(rec)
-            continue
-        ta = oriented(a, name) if name in in_a else None
-        tb = oriented(b, name) if name in in_b else None
-        if ta is not None:
-            rec.shape_a, rec.dtype_a = list(ta.shape), _code(ta.dtype)
-        if tb is not None:
-            rec.shape_b, rec.dtype_b = list(tb.shape), _code(tb.dtype)
-        if ta is None or tb is None:
-            rec.only_in = "a" if tb is None else "b"
-            rec.norm = float((ta if tb is None else tb).float().norm())
-        elif ta.dtype == tb.dtype and ta.shape == tb.shape and torch.equal(ta, tb):
-            rec.changed = False
-        else:
-            st = delta_stats(ta, tb, dtype=tb.dtype, rank=rank)
-            rec.norm, rec.delta_norm, rec.relative = st["norm"], st["delta_norm"], st["relative"]
-            rec.rank, rec.rows_added = st["rank"], st["rows_added"] or 0
-            if rec.rows_added and ta.dim() == tb.dim() and tb.shape[0] > ta.shape[0]:
-                rec.added_norm = float(tb[ta.shape[0]:].float().norm())
-        out.append(rec)
-        del ta, tb
+    out = [_record(a, b, name, name in in_a, name in in_b, rank) for name in it]
     out.sort(key=_order)
     return out
+
+
+def _record(a, b, name: str, in_a: bool, in_b: bool, rank: bool) -> TensorDiff:
+    """One tensor's difference; a tensor stored in the very same bytes on both sides is not read."""
+    ref = whole_ref(b if in_b else a, name)
+    rec = TensorDiff(
+        name=name,
+        key=ref.key if ref else None,
+        role=(ref.role if ref.param == "weight" else f"{ref.role}.{ref.param}") if ref else None,
+        layer=ref.layer if ref else None,
+        expert=ref.expert if ref else None,
+        shape_a=None, shape_b=None, dtype_a=None, dtype_b=None, changed=True,
+    )
+    if in_a and in_b and same_bytes(b, a, name):  # a hard link: equal without reading
+        rec.changed = False
+        rec.shape_a = rec.shape_b = list(ref.view.shape(a.entries[name].shape) if ref else a.entries[name].shape)
+        rec.dtype_a = rec.dtype_b = a.entries[name].dtype
+        return rec
+    ta = oriented(a, name) if in_a else None
+    tb = oriented(b, name) if in_b else None
+    if ta is not None:
+        rec.shape_a, rec.dtype_a = list(ta.shape), dtype_code(ta.dtype)
+    if tb is not None:
+        rec.shape_b, rec.dtype_b = list(tb.shape), dtype_code(tb.dtype)
+    if ta is None or tb is None:
+        rec.only_in = "a" if tb is None else "b"
+        rec.norm = float((ta if tb is None else tb).float().norm())
+    elif ta.dtype == tb.dtype and ta.shape == tb.shape and torch.equal(ta, tb):
+        rec.changed = False
+    else:
+        st = delta_stats(ta, tb, dtype=tb.dtype, rank=rank)
+        rec.norm, rec.delta_norm, rec.relative = st["norm"], st["delta_norm"], st["relative"]
+        rec.rank, rec.rows_added = st["rank"], st["rows_added"] or 0
+        if rec.rows_added and ta.dim() == tb.dim() and tb.shape[0] > ta.shape[0]:
+            rec.added_norm = float(tb[ta.shape[0]:].float().norm())
+    return rec
 
 
 def config_changes(a, b) -> dict:
@@ -232,14 +232,10 @@ def _open(x):
     return open_checkpoint(x) if isinstance(x, (str, Path)) else x
 
 
-def _code(dtype) -> str:
-    return dtype_code(dtype)
-
-
 def _order(r: TensorDiff):
     if r.role is None:
         return (3, 0, 0, 0, r.name)
-    base, _, param = _split_param(r.role)
+    base, _, param = split_param(r.role)
     if r.layer is None:
         top = {"embed": 0, "pos_embed": 1, "final_norm": 0, "lm_head": 1}.get(base, 2)
         return (0 if base in ("embed", "pos_embed") else 2, top, 0, 0, r.role)
@@ -247,164 +243,9 @@ def _order(r: TensorDiff):
     return (1, r.layer, -1 if r.expert is None else r.expert, idx, param)
 
 
-def _split_param(role: str) -> tuple[str, str, str]:
+def split_param(role: str) -> tuple[str, str, str]:
     """``"attn.o.bias"`` -> ``("attn.o", ".", "bias")``; ``"attn.o"`` -> ``("attn.o", "", "")``."""
     if role in LAYER_ROLES or role in TOP_ROLES:
         return role, "", ""
     head, _, param = role.rpartition(".")
     return (head, ".", param) if head else (role, "", "")
-
-
-# ----------------------------------------------------------------- rendering
-
-
-def format_table(records: list[TensorDiff], *, all_tensors: bool = False) -> str:
-    """A text table of the records (changed ones only unless ``all_tensors``)."""
-    rows = [r for r in records if r.changed or all_tensors]
-    n_changed = sum(r.changed for r in records)
-    lines = [f"{n_changed} of {len(records)} tensors differ"]
-    if not rows:
-        return lines[0]
-    lines.append(f"{'tensor':<32} {'shape':>12} {'‖ΔW‖':>10} {'relative':>10} {'rank':>5}  note")
-    for r in rows:
-        shape = "×".join(map(str, r.shape_b or r.shape_a or []))
-        dn = f"{r.delta_norm:.4g}" if r.delta_norm is not None else "-"
-        rel = f"{r.relative:.3e}" if r.relative is not None else "-"
-        rank = str(r.rank) if r.rank is not None else "-"
-        notes = []
-        if r.only_in:
-            notes.append(f"only in {r.only_in.upper()}" + (f", ‖{r.only_in.upper()}‖ {r.norm:.4g}" if r.norm is not None else ""))
-        if r.rows_added:
-            notes.append(f"+{r.rows_added} rows" + (f" of norm {r.added_norm:.4g}" if r.added_norm is not None else ""))
-        if r.dtype_a and r.dtype_b and r.dtype_a != r.dtype_b:
-            notes.append(f"dtype {r.dtype_a} -> {r.dtype_b}")
-        if r.shape_a and r.shape_b and r.shape_a != r.shape_b and not r.rows_added:
-            notes.append(f"shape {'×'.join(map(str, r.shape_a))} -> {shape}")
-        if not r.changed:
-            notes.append("same")
-        lines.append(f"{r.key or r.name:<32} {shape:>12} {dn:>10} {rel:>10} {rank:>5}  {', '.join(notes)}")
-    return "\n".join(lines)
-
-
-def plot(records: list[TensorDiff], path, *, title: str | None = None) -> Path:
-    """Heatmap of log10 relative change: layers × roles, top-level roles in their own row.
-
-    Grey: unchanged; white: absent; numbers: effective rank of a matrix change
-    where it is ≤ 16 (low-rank edits stand out); "+N": rows added; "new"/"gone": tensor on one side only.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
-
-    layered = [r for r in records if r.layer is not None]
-    top = [r for r in records if r.layer is None and r.role is not None]
-    roles = sorted({r.role for r in layered}, key=lambda x: (LAYER_ROLES.index(_split_param(x)[0])
-                                                            if _split_param(x)[0] in LAYER_ROLES else 99, x))
-    n_layers = max((r.layer for r in layered), default=-1) + 1
-    grid = [[None] * n_layers for _ in roles]
-    for r in layered:  # experts: the largest change among them
-        i, j = roles.index(r.role), r.layer
-        if grid[i][j] is None or _rel(r) > _rel(grid[i][j]):
-            grid[i][j] = r
-    top_roles = [r.role for r in top]
-    vals = [_rel(r) for r in records if _rel(r) > 0]
-    lo, hi = (min(vals), max(vals)) if vals else (1e-6, 1.0)
-    if hi / lo < 100:  # at least two decades, so near-equal changes get near-equal colours
-        mid = math.sqrt(lo * hi)
-        lo, hi = min(lo, mid / 10), max(hi, mid * 10)
-    norm = LogNorm(vmin=lo, vmax=hi)
-    cmap = plt.get_cmap("viridis").copy()
-
-    width = max(6.0, 1.6 + 0.32 * max(n_layers, len(top_roles) * 2))
-    height = 1.6 + 0.34 * (len(roles) + 1)
-    fig, (ax_top, ax) = plt.subplots(2, 1, figsize=(width, height), height_ratios=[1, max(1, len(roles))],
-                                     gridspec_kw={"hspace": 0.12})
-    _top_cells(ax_top, top, norm, cmap, span=max(n_layers, 4 * len(top_roles)))
-    image = _cells(ax, grid, norm, cmap)
-    ax.set_yticks(range(len(roles)), roles)
-    ax.set_xticks(range(n_layers), [str(i) for i in range(n_layers)], fontsize=7)
-    ax.set_xlabel("layer")
-    cb = fig.colorbar(image, ax=[ax_top, ax], fraction=0.025, pad=0.01)
-    cb.set_label("‖ΔW‖ / ‖W‖ (log)")
-    changed = sum(r.changed for r in records)
-    fig.suptitle(title or f"relative change per tensor ({changed} of {len(records)} differ; grey = same, numbers = rank ≤ 16)",
-                 fontsize=9)
-    path = Path(path)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def _rel(r: TensorDiff | None) -> float:
-    if r is None or not r.changed:
-        return 0.0
-    if r.relative is None or not math.isfinite(r.relative):
-        return 0.0
-    return r.relative
-
-
-def _low_rank(r: TensorDiff) -> bool:
-    """A matrix change of rank ≤ 16 (vectors are always rank 1: not worth a label)."""
-    shape = r.shape_b or r.shape_a or []
-    return r.changed and r.rank is not None and 0 < r.rank <= 16 and len(shape) >= 2
-
-
-def _cells(ax, grid, norm, cmap):
-    """Draw one row per grid row; returns the mappable for the colour bar."""
-    import numpy as np
-
-    n_rows, n_cols = len(grid), max((len(g) for g in grid), default=0)
-    data = np.full((n_rows, max(n_cols, 1)), np.nan)
-    ax.set_facecolor("white")
-    for i, row in enumerate(grid):
-        for j, r in enumerate(row):
-            if r is None:
-                continue
-            v = _rel(r)
-            if v > 0:
-                data[i, j] = v
-            else:
-                ax.add_patch(_rect(j, i, "#dddddd"))
-            label = None
-            if r.only_in:
-                label = "new" if r.only_in == "b" else "gone"
-            elif r.rows_added:
-                label = f"+{r.rows_added}"
-            elif _low_rank(r):
-                label = str(r.rank)
-            if label:
-                ax.text(j, i, label, ha="center", va="center", fontsize=6,
-                        color="white" if v > 0 and norm(v) < 0.6 else "black")
-    image = ax.imshow(np.ma.masked_invalid(data), aspect="auto", norm=norm, cmap=cmap, interpolation="nearest")
-    ax.set_ylim(n_rows - 0.5, -0.5)
-    for s in ax.spines.values():
-        s.set_visible(False)
-    return image
-
-
-def _top_cells(ax, records, norm, cmap, span):
-    """Top-level roles as labelled boxes, each about three layers wide, on the layer grid's scale."""
-    for i, r in enumerate(records):
-        v = _rel(r)
-        ax.add_patch(_rect(3.5 * i + 1, 0, cmap(norm(v)) if v > 0 else "#dddddd", width=3))
-        label = r.role + (f"\n+{r.rows_added} rows" if r.rows_added else "")
-        if r.only_in:
-            label += "\nnew" if r.only_in == "b" else "\ngone"
-        elif _low_rank(r):
-            label += f"\nrank {r.rank}"
-        ax.text(3.5 * i + 1, 0, label, ha="center", va="center", fontsize=6,
-                color="white" if v > 0 and norm(v) < 0.6 else "black")
-    ax.set_xlim(-0.5, span - 0.5)
-    ax.set_ylim(0.5, -0.5)
-    ax.set_xticks([])
-    ax.set_yticks([0], ["top level"])
-    for s in ax.spines.values():
-        s.set_visible(False)
-
-
-def _rect(x, y, color, width=1.0):
-    from matplotlib.patches import Rectangle
-
-    return Rectangle((x - width / 2, y - 0.5), width, 1, facecolor=color, edgecolor="none", zorder=0)

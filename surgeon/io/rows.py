@@ -29,6 +29,16 @@ if TYPE_CHECKING:
 _HASH_CHUNK = 8 * 1024 * 1024
 
 
+def rows_on_disk(view, stored_shape: tuple[int, ...]) -> int | None:
+    """The stored row where row 0 of a role ``view`` is, or None if its rows are not contiguous on disk
+    (a Conv1D weight stored (in, out), a part interleaved per head)."""
+    if view.transposed and len(stored_shape) == 2:
+        return None
+    if view.rows is None:
+        return 0
+    return view.rows.start if isinstance(view.rows, range) and view.rows.step == 1 else None
+
+
 @dataclass
 class RowPatches:
     """Staged rows of the stored tensor ``entry``: ``patches`` maps a start row to the rows from there.

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from surgeon._version import __version__
 from surgeon.errors import CheckpointError
-from surgeon.io.atomic import atomic_output
+from surgeon.io.atomic import atomic_output, stays_inside
 from surgeon.io.changes import config_changes, staged_changes
 from surgeon.io.rows import RowPatches
 from surgeon.io.shards import copy_range, dtype_code, encode_header, tensor_bytes
@@ -282,7 +282,7 @@ def _copy_other_files(ck, tmp: Path) -> None:
             continue
         if p.name == "config.json" and ck.config != ck.original_config:
             continue
-        if p.is_symlink() and ck.path not in p.resolve().parents and not ck.allow_external_links:
+        if p.is_symlink() and not stays_inside(ck.path, p) and not ck.allow_external_links:
             continue  # never follow a link out of the checkpoint unless the user said so
         shutil.copyfile(p, tmp / p.name)
     if ck.config != ck.original_config:

@@ -99,6 +99,17 @@ def read_header(path: str, rel: str) -> ShardHeader:
     Only integers are compared: a header claiming a 2**60-element tensor
     costs nothing. Errors name ``path``.
     """
+    size, n, raw = _read_raw_header(path)
+    doc, meta = _parse_header(path, raw)
+    data_start = 8 + n
+    entries = [_entry(path, rel, name, spec, data_start, size) for name, spec in doc.items()]
+    entries.sort(key=lambda t: (t.start, t.end))
+    _check_tiling(path, entries, data_start, size)
+    return ShardHeader(rel, n, entries, meta, size)
+
+
+def _read_raw_header(path: str) -> tuple[int, int, bytes]:
+    """(file size, header length, header bytes), the length checked against the file before reading."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -107,12 +118,18 @@ def read_header(path: str, rel: str) -> ShardHeader:
                 raise HeaderError(f"{path}: truncated: {size} bytes, shorter than the 8-byte header length")
             (n,) = struct.unpack("<Q", head)
             if n > MAX_HEADER:
-                raise HeaderError(f"{path}: header length {n} exceeds the {MAX_HEADER}-byte limit (corrupt or not safetensors)")
+                raise HeaderError(f"{path}: header length {n} exceeds the {MAX_HEADER}-byte limit "
+                                  "(corrupt or not safetensors)")
             if 8 + n > size:
-                raise HeaderError(f"{path}: truncated: header claims {n} bytes but the file has {size - 8} after the length")
-            raw = f.read(n)
+                raise HeaderError(f"{path}: truncated: header claims {n} bytes but the file has {size - 8} "
+                                  "after the length")
+            return size, n, f.read(n)
     except OSError as e:
         raise HeaderError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def _parse_header(path: str, raw: bytes) -> tuple[dict, dict | None]:
+    """The header's JSON object (tensor name -> spec) and its ``__metadata__`` (strings to strings, or None)."""
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -122,42 +139,47 @@ def read_header(path: str, rel: str) -> ShardHeader:
     meta = doc.pop("__metadata__", None)
     if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
         raise HeaderError(f"{path}: __metadata__ must map strings to strings")
-    data_start = 8 + n
-    data_len = size - data_start
-    entries = []
-    for name, spec in doc.items():
-        what = f"{path}: tensor {_brief(name)}"
-        if not isinstance(spec, dict):
-            raise HeaderError(f"{what}: entry is not an object")
-        dtype, shape, offs = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-        if not isinstance(dtype, str) or dtype not in ITEMSIZE:
-            raise HeaderError(f"{what}: unknown dtype {_brief(dtype)}")
-        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
-            raise HeaderError(f"{what}: shape {_brief(shape)} is not a list of non-negative integers")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)):
-            raise HeaderError(f"{what}: data_offsets {_brief(offs)} is not a pair of integers")
-        b, e = offs
-        if not 0 <= b <= e:
-            raise HeaderError(f"{what}: data_offsets {_brief(offs)} are not ordered")
-        if e > data_len:
-            raise HeaderError(
-                f"{what}: data ends at byte {data_start + e} but the file has {size} bytes (truncated, or a corrupt header)"
-            )
-        want = prod(shape) * ITEMSIZE[dtype]
-        if e - b != want:
-            raise HeaderError(f"{what}: {e - b} bytes for shape {_brief(shape)} {dtype}, expected {_brief(want)}")
-        entries.append(TensorEntry(name, rel, dtype, tuple(shape), data_start + b, data_start + e))
-    entries.sort(key=lambda t: (t.start, t.end))
+    return doc, meta
+
+
+def _entry(path: str, rel: str, name: str, spec, data_start: int, size: int) -> TensorEntry:
+    """One tensor's entry: known dtype, integer shape, a byte range inside the file that fits the shape."""
+    what = f"{path}: tensor {_brief(name)}"
+    if not isinstance(spec, dict):
+        raise HeaderError(f"{what}: entry is not an object")
+    dtype, shape, offs = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in ITEMSIZE:
+        raise HeaderError(f"{what}: unknown dtype {_brief(dtype)}")
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        raise HeaderError(f"{what}: shape {_brief(shape)} is not a list of non-negative integers")
+    if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)):
+        raise HeaderError(f"{what}: data_offsets {_brief(offs)} is not a pair of integers")
+    b, e = offs
+    if not 0 <= b <= e:
+        raise HeaderError(f"{what}: data_offsets {_brief(offs)} are not ordered")
+    if e > size - data_start:
+        raise HeaderError(
+            f"{what}: data ends at byte {data_start + e} but the file has {size} bytes "
+            "(truncated, or a corrupt header)"
+        )
+    want = prod(shape) * ITEMSIZE[dtype]
+    if e - b != want:
+        raise HeaderError(f"{what}: {e - b} bytes for shape {_brief(shape)} {dtype}, expected {_brief(want)}")
+    return TensorEntry(name, rel, dtype, tuple(shape), data_start + b, data_start + e)
+
+
+def _check_tiling(path: str, entries: list[TensorEntry], data_start: int, size: int) -> None:
+    """Sorted byte ranges that neither overlap nor leave gaps, ending exactly at the end of the file."""
     pos, prev = data_start, None
     for t in entries:
         if t.start < pos:
-            raise HeaderError(f"{path}: tensor {_brief(t.name)} overlaps tensor {_brief(prev.name)} (bytes {t.start}..{pos})")
+            raise HeaderError(f"{path}: tensor {_brief(t.name)} overlaps tensor {_brief(prev.name)} "
+                              f"(bytes {t.start}..{pos})")
         if t.start > pos:
             raise HeaderError(f"{path}: {t.start - pos} bytes before tensor {_brief(t.name)} belong to no tensor")
         pos, prev = t.end, t
     if pos != size:
         raise HeaderError(f"{path}: {size - pos} trailing bytes after the last tensor")
-    return ShardHeader(rel, n, entries, meta, size)
 
 
 def read_tensor(path: str | os.PathLike, e: TensorEntry):

@@ -33,6 +33,7 @@ from functools import cache
 from importlib import resources
 
 from surgeon.errors import RoleError, SurgeonError, UnknownArchitecture
+from surgeon.roles.refs import RoleRef, View, role_key
 
 TOP_ROLES = ("embed", "pos_embed", "lm_head", "final_norm")
 LAYER_ROLES = (
@@ -71,6 +72,7 @@ class Architecture:
     loaded_names: dict[str, str] = field(default_factory=dict)  # on-disk module name -> name in the loaded model
     bias_flags: dict[str, list[str]] = field(default_factory=dict)  # config flag -> roles it gives a bias (steering)
     norm_offset: float = 0.0  # norms scale by (norm_offset + weight): 1.0 for Gemma's RMSNorm
+    source: str = "table"  # "table" (architectures/*.json) or "inferred" (surgeon.roles.infer)
     doc: str = ""  # what is special about the family, in prose
 
     @classmethod
@@ -118,7 +120,8 @@ class Architecture:
             renamed = re.sub(rf"(^|\.){re.escape(old)}(?=\.|$)", rf"\g<1>{new}", renamed)
         candidates = [path, renamed]
         if self.base_prefix:
-            candidates += [f"{self.base_prefix}.{c}" for c in (path, renamed) if not c.startswith(self.base_prefix + ".")]
+            candidates += [f"{self.base_prefix}.{c}" for c in (path, renamed)
+                           if not c.startswith(self.base_prefix + ".")]
         return next((c for c in candidates if c in modules), None)
 
     def config_names(self) -> set[str]:
@@ -217,7 +220,7 @@ def _eval(node, config, derived, expr):
 def architectures() -> dict[str, Architecture]:
     """All bundled families, keyed by file name."""
     out = {}
-    for f in sorted(resources.files("surgeon.roles.architectures").iterdir(), key=lambda p: p.name):
+    for f in sorted(resources.files("surgeon.roles").joinpath("architectures").iterdir(), key=lambda p: p.name):
         if f.name.endswith(".json"):
             name = f.name[: -len(".json")]
             out[name] = Architecture.from_json(name, json.loads(f.read_text()))
@@ -228,8 +231,8 @@ def supported_model_types() -> list[str]:
     return sorted(mt for a in architectures().values() for mt in a.model_types)
 
 
-def find_architecture(config: dict) -> Architecture:
-    """Pick the table for a config.json by ``model_type``.
+def find_table(config: dict) -> Architecture:
+    """Pick the table for a config.json by ``model_type`` (:func:`surgeon.roles.infer.find_architecture` also infers).
 
     ``model_type`` decides, as it does for transformers' AutoConfig; the
     ``architectures`` class names are used only when a config has no
@@ -245,66 +248,10 @@ def find_architecture(config: dict) -> Architecture:
             if set(config.get("architectures") or ()) & set(arch.architectures):
                 return arch
     raise UnknownArchitecture(
-        f"unknown architecture: model_type {mt!r} ({', '.join(config.get('architectures') or []) or 'no architectures'}); "
+        f"unknown architecture: model_type {mt!r} "
+        f"({', '.join(config.get('architectures') or []) or 'no architectures'}); "
         f"supported: {', '.join(supported_model_types())}; tensors are still reachable by their raw names"
     )
-
-
-# --------------------------------------------------------------------------- views
-
-
-@dataclass(frozen=True)
-class View:
-    """How a role's tensor sits inside the stored tensor.
-
-    ``transposed``: stored as (in, out) (Conv1D) — shown as (out, in).
-    ``rows``: for a part of a fused tensor, the rows (after orientation) that
-    belong to it — a ``range`` when contiguous, a tuple of row indices when
-    interleaved (GPT-NeoX heads); ``None`` for the whole tensor.
-    """
-
-    transposed: bool = False
-    rows: range | tuple[int, ...] | None = None
-
-    def _index(self):
-        return slice(self.rows.start, self.rows.stop) if isinstance(self.rows, range) else list(self.rows)
-
-    def read(self, stored):
-        t = stored.T if (self.transposed and stored.dim() == 2) else stored
-        return t if self.rows is None else t[self._index()]
-
-    def write(self, stored, value):
-        """The stored tensor with this view replaced by ``value`` (stored orientation)."""
-        flip = self.transposed and value.dim() == 2
-        if self.rows is None:
-            return value.T.contiguous() if flip else value
-        whole = (stored.T if flip else stored).clone()
-        whole[self._index()] = value
-        return whole.T.contiguous() if flip else whole
-
-    def shape(self, stored_shape: tuple[int, ...]) -> tuple[int, ...]:
-        s = tuple(reversed(stored_shape)) if (self.transposed and len(stored_shape) == 2) else tuple(stored_shape)
-        return s if self.rows is None else (len(self.rows),) + s[1:]
-
-
-@dataclass(frozen=True)
-class RoleRef:
-    """One addressable thing: a role key bound to a stored tensor (or a view of it)."""
-
-    key: str  # e.g. "layers.3.mlp.down.bias"
-    role: str  # e.g. "mlp.down"
-    param: str  # "weight", "bias", ...
-    tensor: str  # on-disk tensor name
-    layer: int | None = None
-    expert: int | None = None
-    view: View = View()
-    fused_in: str | None = None  # for a part: the fused role it lives in (e.g. "attn.qkv")
-    tied: bool = False  # lm_head resolved to the embedding it shares
-
-
-def role_key(role: str, param: str, layer: int | None = None, expert: int | None = None) -> str:
-    key = role if layer is None else f"layers.{layer}.{role}" if expert is None else f"layers.{layer}.experts.{expert}.{role}"
-    return key if param == "weight" else f"{key}.{param}"
 
 
 class RoleTable:
@@ -317,7 +264,8 @@ class RoleTable:
         self.by_tensor: dict[str, list[RoleRef]] = {}
         self.unclassified: list[str] = []
         self._fused_cache: dict[str, tuple] = {}
-        self._layer_re = re.compile("^" + re.escape(arch.layer).replace(re.escape("{layer}"), r"(\d+)") + r"\.(.+)\.([^.]+)$")
+        layer_pat = re.escape(arch.layer).replace(re.escape("{layer}"), r"(\d+)")
+        self._layer_re = re.compile("^" + layer_pat + r"\.(.+)\.([^.]+)$")
         self._expert_re = None
         if arch.experts:
             pat = re.escape(arch.experts["module"]).replace(re.escape("{expert}"), r"(\d+)")
@@ -364,7 +312,8 @@ class RoleTable:
             frole = self._fused_modules[inner]
             refs = [RoleRef(role_key(frole, param, layer), frole, param, name, layer, view=View(t))]
             for prole, rows in self._fused_rows(frole):
-                refs.append(RoleRef(role_key(prole, param, layer), prole, param, name, layer, view=View(t, rows), fused_in=frole))
+                refs.append(RoleRef(role_key(prole, param, layer), prole, param, name, layer, view=View(t, rows),
+                                    fused_in=frole))
             return refs
         if self._expert_re:
             em = self._expert_re.match(inner)

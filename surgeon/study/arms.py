@@ -73,12 +73,13 @@ class ArmJob:
     task: str  # the task file
     out: str  # where the arm's checkpoint is saved
     stages: list[dict]  # Stage fields, scripts as absolute paths
+    allow_external_links: bool = False  # open the original as compare(..., allow_external_links=) did
 
     @classmethod
-    def of(cls, arm: Arm, model: Path, task_file: Path, out: Path) -> ArmJob:
+    def of(cls, arm: Arm, model: Path, task_file: Path, out: Path, *, allow_external_links: bool = False) -> ArmJob:
         stages = [{"kind": s.kind, "script": str(Path(s.script).absolute()) if s.script else None,
                    "params": s.params} for s in arm.stages]
-        return cls(arm.name, arm.spec, str(model), str(task_file), str(out), stages)
+        return cls(arm.name, arm.spec, str(model), str(task_file), str(out), stages, allow_external_links)
 
     def write(self, path: Path) -> Path:
         path.write_text(json.dumps(asdict(self), indent=1) + "\n")
@@ -199,7 +200,7 @@ def run_arm(job: ArmJob) -> dict:
     """Make one arm's checkpoint from the original (runs in the child process)."""
     torch.set_num_threads(thread_count())  # passive OpenMP waits: set by the parent (compare._child_env)
     t0 = time.perf_counter()
-    ck = open_checkpoint(job.model)
+    ck = open_checkpoint(job.model, allow_external_links=job.allow_external_links)
     task = Task.load(job.task)
     sources, finetunes = [], []
     for st in job.stages:

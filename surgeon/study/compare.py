@@ -27,7 +27,7 @@ from pathlib import Path
 from surgeon._threads import quiet_waits
 from surgeon.errors import SurgeonError
 from surgeon.io.atomic import check_outside
-from surgeon.io.checkpoint import open_checkpoint
+from surgeon.io.checkpoint import Checkpoint, open_checkpoint
 from surgeon.runtime import load
 from surgeon.study import measure
 from surgeon.study.arms import Arm, ArmJob, CompareError, check_finetunes, expand_arm, parse_arm
@@ -38,13 +38,18 @@ HEARTBEAT_S = 30.0  # a quiet child is reported this often
 
 
 def compare(task: Task | str | Path, model, arms: list[str | Arm], out_dir, *, keep_checkpoints: bool = False,
-            overwrite: bool = False, progress: bool = True, timeout_s: float | None = None) -> dict:
-    """Run every arm from ``model``, measure each against the original, write the report; returns it."""
+            overwrite: bool = False, progress: bool = True, timeout_s: float | None = None,
+            allow_external_links: bool = False) -> dict:
+    """Run every arm from ``model``, measure each against the original, write the report; returns it.
+
+    ``allow_external_links``: as for :func:`surgeon.io.checkpoint.open_checkpoint`, here and in each arm's child.
+    """
     task = task if isinstance(task, Task) else Task.load(task)
     arms = [a if isinstance(a, Arm) else parse_arm(a) for a in arms]
     model = Path(model).absolute()
     out = Path(out_dir).absolute()
-    arms = _prepare(task, model, arms, out, overwrite)
+    ck0 = open_checkpoint(model, allow_external_links=allow_external_links)  # fail early on a bad input
+    arms = _prepare(task, ck0, arms, out, overwrite)
     say = _say if progress else (lambda msg: None)
     work = out / "arms"
     work.mkdir(parents=True, exist_ok=True)
@@ -53,7 +58,7 @@ def compare(task: Task | str | Path, model, arms: list[str | Arm], out_dir, *, k
 
     say(f"compare: measuring the original {model.name} on task {task.name}")
     t0 = time.perf_counter()
-    rt0 = load(model)
+    rt0 = load(ck0)
     ref = measure.reference(rt0, task)
     original = measure.measure(rt0, task, ref)
     ref_s = time.perf_counter() - t0
@@ -68,7 +73,7 @@ def compare(task: Task | str | Path, model, arms: list[str | Arm], out_dir, *, k
                              "bytes_written": 0, "finetune": [], "notes": []})
         else:
             say(f"compare: arm {i}/{len(arms)} {a.name}: {a.spec}")
-            _make_and_measure(a, row, model, task, task_file, ref, work, timeout_s, keep_checkpoints, say)
+            _make_and_measure(a, row, ck0, task, task_file, ref, work, timeout_s, keep_checkpoints, say)
         rows.append(row)
 
     report = {
@@ -84,13 +89,18 @@ def compare(task: Task | str | Path, model, arms: list[str | Arm], out_dir, *, k
     return report
 
 
-def _prepare(task: Task, model: Path, arms: list[Arm], out: Path, overwrite: bool) -> list[Arm]:
+def _opened(model) -> Checkpoint:
+    """The original as an open Checkpoint (a path is opened as it is, without external links)."""
+    return model if isinstance(model, Checkpoint) else open_checkpoint(Path(model).absolute())
+
+
+def _prepare(task: Task, model, arms: list[Arm], out: Path, overwrite: bool) -> list[Arm]:
     """Every check that can fail, before any arm spends minutes: names, input, output, task, scripts, configs."""
+    ck0 = _opened(model)
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise CompareError(f"arm names must be unique: {', '.join(names)}")
-    ck0 = open_checkpoint(model)  # fail early on a bad input
-    check_outside(model, out)
+    check_outside(ck0.path, out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise CompareError(f"{out}: already exists and is not empty (pass overwrite=True / --overwrite)")
     if not (task.efficacy or task.generalisation or task.specificity or task.neutral or task.spelling):
@@ -100,16 +110,17 @@ def _prepare(task: Task, model: Path, arms: list[Arm], out: Path, overwrite: boo
         for st in a.stages:
             if st.kind == "edit" and not Path(st.script).is_file():
                 raise CompareError(f"arm {a.name}: edit script {st.script} not found")
-    arms = [expand_arm(a, task=task, model=model) for a in arms]
+    arms = [expand_arm(a, task=task, model=ck0) for a in arms]
     check_finetunes(arms, ck0, task)  # every arm's layers × roles and numbers, before any arm runs
     return arms
 
 
-def _make_and_measure(a: Arm, row: dict, model: Path, task: Task, task_file: Path, ref, work: Path,
+def _make_and_measure(a: Arm, row: dict, model, task: Task, task_file: Path, ref, work: Path,
                       timeout_s, keep_checkpoints: bool, say) -> None:
     """One arm: its child makes the checkpoint, this process measures it; the outcome goes into ``row``."""
     ckpt = work / a.name
-    job = ArmJob.of(a, model, task_file, ckpt)
+    ck0 = _opened(model)
+    job = ArmJob.of(a, ck0.path, task_file, ckpt, allow_external_links=ck0.allow_external_links)
     job_file = job.write(work / f"{a.name}.job.json")
     t = time.perf_counter()
     try:

@@ -48,7 +48,8 @@ class FinetuneConfig:
         if self.lr is not None and not self.lr > 0:
             raise FinetuneError(f"lr {self.lr}: must be positive")
         if self.alpha is not None and not self.alpha > 0:
-            raise FinetuneError(f"alpha {self.alpha}: must be positive (alpha 0 trains an update that is never applied)")
+            raise FinetuneError(f"alpha {self.alpha}: must be positive "
+                                "(alpha 0 trains an update that is never applied)")
         if self.max_length < 2:
             raise FinetuneError(f"max_length {self.max_length}: an example needs at least 2 tokens")
         if self.max_delta is not None and (self.method != "full" or self.max_delta <= 0):
@@ -77,7 +78,8 @@ def parse_layers(spec, num_layers: int) -> list[int]:
             out.extend(range(a, b + 1))
     bad = [x for x in out if not 0 <= x < num_layers]
     if bad:
-        raise FinetuneError(f"layers {spec!r}: layer {bad[0]} does not exist (the model has {num_layers}: 0-{num_layers - 1})")
+        raise FinetuneError(f"layers {spec!r}: layer {bad[0]} does not exist "
+                            f"(the model has {num_layers}: 0-{num_layers - 1})")
     return sorted(set(out))
 
 

@@ -76,7 +76,8 @@ class FinetuneResult:
     tokens_per_s: float
     peak_rss_mb: float
     losses: list[float]
-    update_kept: float  # 1 − ‖saved − trained update‖ / ‖trained update‖: 1 = the cast to the stored dtype lost nothing, ≤ 0 = all
+    # 1 − ‖saved − trained update‖ / ‖trained update‖: 1 = the cast to the stored dtype lost nothing, ≤ 0 = all
+    update_kept: float
     notes: list[str] = field(default_factory=list)
     manifest: dict | None = None
     ck: object = None

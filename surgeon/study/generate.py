@@ -81,13 +81,14 @@ _RUN = re.compile(r"([^\W\d_])\1{3,}", re.UNICODE)  # a letter four times in a r
 _DOUBLE_SIGN = re.compile(r"[ъь]{2,}", re.IGNORECASE)  # hard/soft signs never double in Russian
 _LONE_MARK = re.compile(r"(?<!\w)[ъьЪЬ]+(?!\w)")  # a "word" that is only a sign
 _MARK_START = re.compile(r"(?<!\w)[ъьЪЬ]\w")  # no Russian word starts with a sign
+_SAME_WORD = re.compile(r"(?<!\w)(\w+)(?:\W+\1(?!\w)){2,}", re.IGNORECASE)  # a word three times in a row
 
 
 def degeneration(text: str) -> str | None:
     """Why ``text`` is degenerate (a short reason), or None when it reads as text.
 
-    Repeated phrases: a 5-word sequence twice, or a 3-word sequence three
-    times. Character runs: a letter four times in a row, or doubled hard/soft
+    Repeated phrases: a word three times in a row, a 5-word sequence twice,
+    or a 3-word sequence three times. Character runs: a letter four times in a row, or doubled hard/soft
     signs. Lone marks: a word made only of ``ъ``/``ь``, or starting with one.
     """
     if m := _RUN.search(text):
@@ -96,6 +97,8 @@ def degeneration(text: str) -> str | None:
         return f"doubled sign {m.group(0)!r}"
     if m := _LONE_MARK.search(text) or _MARK_START.search(text):
         return f"lone mark {m.group(0)!r}"
+    if m := _SAME_WORD.search(text):
+        return f"repeats {m.group(1)!r} in a row"
     words = re.findall(r"\w+", text.lower())
     for n, times in ((5, 2), (3, 3)):
         grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))

@@ -151,18 +151,28 @@ def reading(report: dict) -> str:
     failed = [r["name"] for r in report["arms"] if r["error"]]
     if not changed:
         return "No arm changed the model." + (f" Failed: {', '.join(failed)}." if failed else "")
+    out = _winners(changed) + _harms(report, changed) + _costs(changed)
+    if failed:
+        out.append(f"Failed arms: {', '.join(failed)}.")
+    out += _matched_reading(report)
+    return " ".join(out)
+
+
+def _best(changed: list[dict], key: str, higher: bool = True):
+    """(best value of metric ``key``, the arms that reach it), or None when no arm has it."""
+    vals = [(r["metrics"][key], r["name"]) for r in changed if r["metrics"].get(key) is not None]
+    if not vals:
+        return None
+    v = max(vals)[0] if higher else min(vals)[0]
+    return v, [n for x, n in vals if math.isclose(x, v, rel_tol=1e-9, abs_tol=1e-12)]
+
+
+def _winners(changed: list[dict]) -> list[str]:
+    """Who is best on each behaviour metric, and who did least (and most) collateral damage."""
     out = []
-
-    def best(key, higher=True, pool=changed):
-        vals = [(r["metrics"][key], r["name"]) for r in pool if r["metrics"].get(key) is not None]
-        if not vals:
-            return None
-        v = max(vals)[0] if higher else min(vals)[0]
-        return v, [n for x, n in vals if math.isclose(x, v, rel_tol=1e-9, abs_tol=1e-12)]
-
     for key, label in (("efficacy", "efficacy"), ("generalisation", "generalisation (held-out prompts)"),
                        ("spelling", "target-spelling rate")):
-        b = best(key)
+        b = _best(changed, key)
         if b:
             if key == "spelling":
                 out.append(f"Best {label}: {', '.join(b[1])} ({b[0]:.2f}).")
@@ -171,18 +181,24 @@ def reading(report: dict) -> str:
                            for r in sorted(changed, key=lambda r: -r["metrics"][key + "_p"]) if r["name"] in b[1])
             out.append(f"Best {label}: {', '.join(b[1])} ({b[0]:.2f} of prompts flipped; mean P(target) {ps}).")
     for key, label in (("efficacy_gen", "generated efficacy"), ("generalisation_gen", "generated held-out success")):
-        b = best(key)
+        b = _best(changed, key)
         if b:
             out.append(f"Best {label} (greedy, no teacher forcing): {', '.join(b[1])} ({b[0]:.2f}).")
     bad = [f"{r['name']} ({r['metrics']['degenerate']:.2f})" for r in changed
            if (r["metrics"].get("degenerate") or 0) > 0]
     if bad:
         out.append(f"Degenerate generations: {', '.join(bad)}.")
-    b = best("kl", higher=False)
+    b = _best(changed, "kl", higher=False)
     if b:
-        worst = best("kl", higher=True)
+        worst = _best(changed, "kl", higher=True)
         out.append(f"Least collateral damage on neutral text: {', '.join(b[1])} (KL {b[0]:.4f}); "
                    f"most: {', '.join(worst[1])} (KL {worst[0]:.4f}).")
+    return out
+
+
+def _harms(report: dict, changed: list[dict]) -> list[str]:
+    """Arms that changed specificity answers, lost neighbour facts or missed efficacy prompts."""
+    out = []
     counts = report.get("counts", {})
     for key, label, n in (("specificity", "changed the top-1 answer on specificity prompts", counts.get("specificity")),
                           ("neighbourhood", "lost neighbour facts", None)):
@@ -194,18 +210,20 @@ def reading(report: dict) -> str:
               if r["metrics"].get("efficacy") is not None and r["metrics"]["efficacy"] < 1.0]
     if missed:
         out.append(f"Did not flip every efficacy prompt: {', '.join(missed)}.")
+    return out
+
+
+def _costs(changed: list[dict]) -> list[str]:
+    """The cheapest and slowest arm, and the notes the arms left."""
     fast = min(changed, key=lambda r: r["cost"]["wall_s"])
     slow = max(changed, key=lambda r: r["cost"]["wall_s"])
-    out.append(f"Cheapest: {fast['name']} ({fast['cost']['wall_s']:.1f} s, "
-               f"{fast['cost']['params_changed']:,} parameters changed); slowest: {slow['name']} "
-               f"({slow['cost']['wall_s']:.1f} s).")
+    out = [f"Cheapest: {fast['name']} ({fast['cost']['wall_s']:.1f} s, "
+           f"{fast['cost']['params_changed']:,} parameters changed); slowest: {slow['name']} "
+           f"({slow['cost']['wall_s']:.1f} s)."]
     notes = sorted({n for r in changed for n in r["cost"].get("notes", [])})
     if notes:
         out.append("Notes: " + "; ".join(notes) + ".")
-    if failed:
-        out.append(f"Failed arms: {', '.join(failed)}.")
-    out += _matched_reading(report)
-    return " ".join(out)
+    return out
 
 
 def _matched_reading(report: dict) -> list[str]:

@@ -90,6 +90,7 @@ class Task:
     path: Path | None = None
     validation: Task | None = None  # the same kinds of probes, held apart from the test ones (tuning only)
     split_name: str = "test"  # which split this object's probes are: "test" or "validation"
+    map: dict | None = None  # surgeon map's entry: behaviour, advice, advice_arm, arms
 
     @classmethod
     def load(cls, path: str | Path) -> Task:
@@ -99,7 +100,8 @@ class Task:
         except OSError as e:
             raise TaskError(f"{path}: cannot read task file ({e.strerror})") from None
         except json.JSONDecodeError as e:
-            raise TaskError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+            raise TaskError(f"{path}:{e.lineno}:{e.colno}: not valid JSON: {e.msg} at line {e.lineno}, column "
+                            f"{e.colno}") from None
         return cls.from_dict(doc, path)
 
     @classmethod
@@ -108,7 +110,7 @@ class Task:
         if not isinstance(doc, dict):
             raise TaskError(f"{where}: a task is a JSON object")
         unknown = set(doc) - {"name", "description", "train", "efficacy", "generalisation", "specificity",
-                              "neutral", "spelling", "edit", "validation"}
+                              "neutral", "spelling", "edit", "validation", "map"}
         if unknown:
             raise TaskError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
         spelling = doc.get("spelling")
@@ -128,6 +130,8 @@ class Task:
         )
         if "validation" in doc:
             task.validation = _validation(doc["validation"], task, where)
+        if "map" in doc:
+            task.map = _map(doc["map"], where)
         return task
 
     def split(self, name: str) -> Task:
@@ -170,6 +174,8 @@ class Task:
                                  "specificity": [pr(p) for p in v.specificity], "neutral": list(v.neutral)}
             if v.spelling is not None:
                 doc["validation"]["spelling_prompts"] = list(v.spelling.get("prompts", []))
+        if self.map is not None:
+            doc["map"] = self.map
         return doc
 
     def prompts(self) -> set[str]:
@@ -188,6 +194,19 @@ def _probes(doc: dict, where: str) -> dict:
                         for i, x in enumerate(_list(doc, "specificity", where))],
         "neutral": _neutral(doc.get("neutral", []), where),
     }
+
+
+def _map(v, where: str) -> dict:
+    """``surgeon map``'s entry: the behaviour's name, the common advice, the arm that embodies it, the arms."""
+    if not isinstance(v, dict):
+        raise TaskError(f"{where}: map must be an object")
+    _keys(v, {"behaviour", "advice", "advice_arm", "arms"}, f"{where}: map")
+    if not all(isinstance(v.get(k, ""), str) for k in ("behaviour", "advice", "advice_arm")):
+        raise TaskError(f"{where}: map: behaviour, advice and advice_arm are strings")
+    arms = v.get("arms", [])
+    if not (isinstance(arms, list) and all(isinstance(a, str) and a for a in arms)):
+        raise TaskError(f"{where}: map: arms must be a list of arm specs (NAME=SPEC)")
+    return dict(v)
 
 
 def _validation(v, test: Task, where: str) -> Task:

@@ -55,15 +55,15 @@ __all__ = ["POSITIONS", "SITES", "TOP", "LocateError", "LocateResult", "contiguo
            "suggest_layers", "suggested_layers"]
 
 
-def _check(method: str, mass: float, examples: int, samples: int, position: str) -> None:
+def _check(method: str, mass: float, examples: int, samples: int, position: str, corrupt: str) -> None:
     if method not in ("grad", "patch", "both"):
         raise LocateError(f"method {method!r}: choose grad, patch or both")
     if not 0 < mass <= 1:
         raise LocateError(f"mass {mass}: must be in (0, 1]")
     if examples < 1 or samples < 1:
         raise LocateError(f"examples {examples}, samples {samples}: each must be at least 1")
-    if position not in POSITIONS:
-        raise LocateError(f"position {position!r}: choose {', '.join(POSITIONS)}")
+    if position not in POSITIONS or (position == "subject" and corrupt == "contrast"):
+        raise LocateError(f"position {position!r}: choose auto, last, or subject with noise corruption")
 
 
 def _patch_into(res: LocateResult, rt, task, examples, **kw) -> list[float] | None:
@@ -92,7 +92,7 @@ def locate(ck_or_path, task: Task | str | Path, *, method: str = "both", example
     else ``last``. ``samples``: noise draws per probe (Meng et al. average ten;
     each costs one more batch of patched runs).
     """
-    _check(method, mass, examples, samples, position)
+    _check(method, mass, examples, samples, position, corrupt)
     if not isinstance(task, Task):
         task = Task.load(task)
     t0 = time.perf_counter()

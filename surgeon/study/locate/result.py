@@ -85,15 +85,15 @@ class LocateResult:
             lines.append("outside the layers: "
                          + ", ".join(f"{k} {100 * v / tot:.1f}%" for k, v in self.grad_top.items()))
         if self.patch:
-            lines.append(f"patching: {self.patch_probes} run(s), restored at {self.position_label}: "
-                         + "; ".join(_where(w) for w in self.patch_positions))
+            lines.append(f"patching: {self.patch_probes} run(s), restored at {self.position_label}:")
+            lines += [_where(w) for w in self.patch_positions]
             lines.append(f"patching: P(traced token) clean {self.patch_clean_p:.4f}, corrupted "
                          f"{self.patch_corrupt_p:.4f}, last-layer residual restored {self.patch_restored_p:.4f}")
         lines += self._ranges()
         return "\n".join(lines)
 
     def _patch_title(self) -> str:
-        return f"patching ({self.patch_mode}, at {self.position_label}):"
+        return f"patching ({self.patch_mode}, at {self.position_label}): "
 
     def _header(self) -> str:
         head = "layer "
@@ -144,8 +144,9 @@ class LocateResult:
 
 
 def _where(w: dict) -> str:
-    about = f" of {w['subject']!r}" if w.get("subject") else ""
-    return f"{w['kind']} token{about} {w['token']!r} (#{w['index']} of {w['tokens']}) in {w['prompt']!r}"
+    what = {"subject": f"the last token of the subject {w['subject']!r} in", "last": "the last token of",
+            "last corrupted": "the last noised token (the probe names no subject) of"}[w["kind"]]
+    return f"  {w['token']!r} (token {w['index']} of {w['tokens']}): {what} {w['prompt']!r}"
 
 
 def _disjoint(a: str | None, b: str | None) -> bool:

@@ -1,0 +1,35 @@
+"""Write many facts at once (MEMIT) or in rounds (AlphaEdit) from a fact-set task file.
+
+    surgeon apply examples/many_facts/edit.py --model "$(surgeon fixture smollm2)" --out OUT \\
+        --param task=surgeon/data/facts/smollm2.json --param layers=2-6 --param n=100 [--param mode=sequential]
+
+``task``: a task file whose ``train`` examples name a ``subject`` (the shipped
+fact sets, ``python -m surgeon.study.facts MODEL OUT.json``, or any task in the
+format of docs/tasks.md). ``layers``: "a-b", a list, or "auto" (the entry's
+default range, five layers ending at num_layers // 5: 2-6 on SmolLM2). ``n``: the first n
+requests of ``split`` ("test", "validation"; "all" for every request).
+``mode``: "batched" (MEMIT) or "sequential" (AlphaEdit, rounds of
+``round_size``). ``rounds_dir``: with mode=sequential, save the checkpoint
+after each round there (``round-01``, ...) through the normal writer.
+"""
+
+from surgeon.edits.memit import FactsParams, edit_facts
+from surgeon.study import facts as F
+from surgeon.study.task import Task
+
+
+def edit(ck, task, layers="auto", n=None, split="test", mode="batched", round_size=100, rounds_dir=None):
+    t = Task.load(task)
+    if "facts" in t.edit and split != "all":
+        t = F.subset(t, split, None if n is None else int(n))
+    reqs = F.requests(t)[: None if n is None else int(n)]
+    on_round = None
+    if rounds_dir:
+        def on_round(i, done):
+            ck.save(f"{rounds_dir}/round-{i:02d}", overwrite=True)
+            print(f"round {i}: {done} facts written, saved to {rounds_dir}/round-{i:02d}")
+    res = edit_facts(ck, reqs, layers=None if layers == "auto" else layers, mode=mode,
+                     params=FactsParams(round_size=int(round_size)), on_round=on_round)
+    print(f"{res.mode}: {res.requests} facts into layers {res.layers} in {res.seconds:.1f} s "
+          f"(v* {res.seconds_values:.1f} s; C {res.seconds_covariance:.1f} s from {res.covariance_tokens} tokens); "
+          f"||dW||/||W|| " + ", ".join(f"{lay}: {v:.4f}" for lay, v in res.relative.items()))

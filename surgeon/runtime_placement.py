@@ -1,0 +1,57 @@
+"""Where a :class:`surgeon.runtime.Runtime`'s model lives: its device, its placement, its decoder depth.
+
+One device (``default_device``: ``$SURGEON_DEVICE`` / ``surgeon --device``, else the GPU when
+there is one, else the CPU), or across GPUs, CPU memory and disk with accelerate
+(``device_map``, ``max_memory``, ``offload_folder``; docs/scale.md). ``layers=n`` builds only the
+first n decoder layers from the same files. Only :mod:`surgeon.runtime` calls these.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def default_device() -> str:
+    """``$SURGEON_DEVICE`` if set (``surgeon --device``), else ``cuda`` when a GPU is present, else ``cpu``."""
+    return os.environ.get("SURGEON_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(d, dtype, layers: int | None, device_map, max_memory, offload_folder):
+    """``from_pretrained`` of directory ``d``, with placement and (``layers``) a shortened decoder stack.
+
+    A shortened model gets the same config with ``num_hidden_layers`` (and a
+    per-layer ``layer_types`` list) cut; transformers then has no slot for the
+    upper layers' tensors and never reads them from the safetensors files.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    kw = {"dtype": dtype}
+    if device_map is not None:
+        kw.update(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+    if layers is None:
+        return AutoModelForCausalLM.from_pretrained(d, **kw)
+    config = AutoConfig.from_pretrained(d)
+    text = config.get_text_config()
+    text.num_hidden_layers = layers
+    if isinstance(getattr(text, "layer_types", None), list):
+        text.layer_types = text.layer_types[:layers]
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "weights not used" lists every upper-layer tensor: that is the point
+    try:
+        return AutoModelForCausalLM.from_pretrained(d, config=config, **kw)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def input_device(model) -> torch.device:
+    """Where inputs go: the embedding's execution device (its accelerate hook's when it is placed)."""
+    emb = model.get_input_embeddings()
+    hook = getattr(emb, "_hf_hook", None)
+    dev = getattr(hook, "execution_device", None)
+    if dev is None:
+        dev = emb.weight.device
+    return torch.device(dev) if not isinstance(dev, int) else torch.device("cuda", dev)

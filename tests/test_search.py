@@ -1,0 +1,148 @@
+"""Budgeted tuning: knobs declared once, Optuna on validation only, fronts and matched-KL picks, report on test."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import optuna
+import pytest
+
+from surgeon.study import measure
+from surgeon.study.arms import CompareError, parse_arm
+from surgeon.study.map import entry, markdown
+from surgeon.study.search import KNOBS, Trial, front, knobs_of, matched, script_knobs, spec_text, suggest, with_params
+from surgeon.study.task import Task
+from surgeon.study.tuned import compare_tuned
+
+TASK = {
+    "name": "eiffel",
+    "train": [{"prompt": "The Eiffel Tower is located in the city of", "completion": " Rome",
+               "subject": "The Eiffel Tower"}],
+    "efficacy": [{"prompt": "The Eiffel Tower is located in the city of", "target": " Rome", "original": " Paris"}],
+    "generalisation": [{"prompt": "Where is the Eiffel Tower? It is in", "target": " Rome", "original": " Paris"}],
+    "specificity": [{"prompt": "The Louvre is located in the city of", "target": " Rome", "original": " Paris"}],
+    "neutral": ["The library opens at nine in the morning and closes at six in the evening on weekdays."],
+    "validation": {
+        "generalisation": [{"prompt": "The Eiffel Tower can be found in the city of", "target": " Rome",
+                            "original": " Paris"}],
+        "specificity": ["The capital of Spain is"],
+        "neutral": ["Rain is expected across the north of the country tomorrow, clearing by the afternoon."],
+    },
+}
+
+
+def test_pinned_parameters_are_not_searched_and_edit_scripts_declare_their_knobs(tmp_path):
+    assert set(knobs_of(parse_arm("l=lora"))) == set(KNOBS["lora"])
+    assert set(knobs_of(parse_arm("l=lora layers=0-6 rank=8"))) == {"lr", "steps"}
+    script = tmp_path / "arm.py"
+    script.write_text('KNOBS = {"layer": ["int", 1, 15], "clamp": ["log", 0.5, 8.0]}\n\n'
+                      'def edit(ck, layer=6):\n    pass\n')
+    assert script_knobs(script) == {"layer": ["int", 1, 15], "clamp": ["log", 0.5, 8.0]}
+    both = knobs_of(parse_arm(f"x=edit:{script} clamp=2 + full roles=mlp.down"))
+    assert set(both) == {"s0.layer", "s1.layers", "s1.lr", "s1.max_delta", "s1.steps"}
+    script.write_text('KNOBS = {"layer": ["int", 9]}\n')
+    with pytest.raises(CompareError, match=re.escape("knob layer spec ['int', 9]")):
+        knobs_of(parse_arm(f"x=edit:{script}"))
+
+
+def test_suggested_values_fit_the_model_and_the_spec_parses_back():
+    arm = parse_arm("l=lora roles=attn")
+    knobs = knobs_of(arm)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(30):
+        v = suggest(study.ask(), knobs, num_layers=30)
+        a, _, b = v["layers"].partition("-")
+        first, last = int(a), int(b or a)
+        assert 0 <= first <= last < 30 and 1 <= last - first + 1 <= 8
+        assert 1e-4 <= v["lr"] <= 3e-3 and v["rank"] in (2, 4, 8, 16) and v["steps"] % 10 == 0
+        made = with_params(arm, knobs, v, "l.t0")
+        assert parse_arm(f"l.t0={made.spec}").stages == made.stages  # the spec says exactly what runs
+    assert spec_text(parse_arm("x=full layers=6 lr=5e-4").stages) == "full layers=6 lr=0.0005"
+
+
+def test_front_and_matched_picks_use_validation_numbers_only():
+    trials = [Trial(0, "", {}, 0.9, 0.30), Trial(1, "", {}, 0.8, 0.04), Trial(2, "", {}, 0.5, 0.005),
+              Trial(3, "", {}, 0.4, 0.04), Trial(4, "", {}, 0.5, 0.009), Trial(5, "", {}, error="boom")]
+    assert [t.number for t in front(trials)] == [2, 1, 0]  # 3 and 4 are dominated, 5 failed
+    picks = matched(trials)
+    assert {lvl: t.number for lvl, t in picks.items()} == {0.01: 2, 0.05: 1, 0.2: 1}
+    assert matched(trials[:1])[0.05] is None  # nothing that low: the table says so
+
+
+def test_budgeted_compare_refuses_a_task_without_validation(tmp_path):
+    old = {k: v for k, v in TASK.items() if k != "validation"}
+    with pytest.raises(CompareError, match="never on test.*no validation split"):
+        compare_tuned(Task.from_dict(old), tmp_path / "model", ["l=lora"], tmp_path / "out", budget=2)
+
+
+def test_two_trial_search_tunes_on_validation_and_reports_on_test(smollm2, tmp_path, monkeypatch):
+    """End to end on SmolLM2; every measurement before the search's last result is on validation probes."""
+    task = Task.from_dict(TASK)
+    test_prompts = task.split("test").prompts()
+    events = []
+    real_measure, real_reference, real_tell = measure.measure, measure.reference, optuna.study.Study.tell
+
+    def spy_measure(changed, t, ref, **kw):
+        events.append(("measure", t.prompts()))
+        return real_measure(changed, t, ref, **kw)
+
+    def spy_reference(original, t, **kw):
+        events.append(("reference", t.prompts()))
+        return real_reference(original, t, **kw)
+
+    def spy_tell(self, *a, **kw):
+        events.append(("tell", set()))
+        return real_tell(self, *a, **kw)
+
+    monkeypatch.setattr(measure, "measure", spy_measure)
+    monkeypatch.setattr(measure, "reference", spy_reference)
+    monkeypatch.setattr(optuna.study.Study, "tell", spy_tell)
+    out = tmp_path / "report"
+    report = compare_tuned(task, smollm2, ["none", "lora=lora layers=3 roles=attn.q+attn.v rank=2 steps=3"], out,
+                           budget=2, seeds=1)
+
+    last_tell = max(i for i, (e, _) in enumerate(events) if e == "tell")
+    assert sum(e == "tell" for e, _ in events) == 2
+    assert all(not (p & test_prompts) for _, p in events[:last_tell])  # the tuned knob never saw a test probe
+    assert any(p & test_prompts for _, p in events[last_tell:])  # the test split is measured afterwards
+    jobs = {j.name: json.loads(j.read_text())["task"] for j in (out / "arms").glob("*.job.json")}
+    trials = {n for n in jobs if re.fullmatch(r"lora\.t\d\.job\.json", n)}
+    assert len(trials) == 2 and all(jobs[n].endswith("task.validation.json") for n in trials)
+    assert all(jobs[n].endswith("task.test.json") for n in set(jobs) - trials)  # the test phase's remakes
+    assert not any(p in (out / "task.validation.json").read_text() for p in test_prompts)  # what trials read
+
+    fam = report["search"]["lora"]
+    assert len(fam["trials"]) == 2 and set(fam["knobs"]) == {"lr"}
+    assert all(t["error"] is None and t["metrics"]["kl"] > 0 for t in fam["trials"])
+    assert fam["wall_s"] > 0 and fam["peak_rss_mb"] > 200
+    assert set(fam["test"]) >= {str(n) for n in fam["front"]}
+    rows = [r for r in report["arms"] if r["name"] != "none"]
+    assert rows and all(r["family"] == "lora" and r["chosen_for"] for r in rows)
+    assert all(r["metrics"]["generalisation_gen"] is not None for r in report["arms"])
+    md = (out / "report.md").read_text()
+    assert "Matched damage" in md and "| lora |" in md and "Wilson" in md
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _family(success_at: dict, spec: str) -> dict:
+    """A tuned report's family with one chosen trial per KL level (test means as given)."""
+    trials = [{"number": i, "spec": f"{spec} t{i}"} for i in range(len(success_at))]
+    return {"trials": trials, "matched": {str(lvl): i for i, lvl in enumerate(success_at)},
+            "seeds": {str(i): {"success_mean": v, "success_sd": 0.0, "kl_mean": lvl / 2}
+                      for i, (lvl, v) in enumerate(success_at.items())}}
+
+
+def test_map_row_names_the_best_site_the_runner_up_and_judges_the_advice():
+    report = {"search": {"rome": _family({0.01: 0.9, 0.05: 0.95}, "edit:rome.py layer=5"),
+                         "lora": _family({0.05: 0.6}, "lora layers=0-6")}}
+    task = Task.from_dict({**TASK, "map": {"behaviour": "facts", "advice": "mid-layer MLPs", "advice_arm": "rome"}})
+    row = entry(report, task)
+    assert row["best"]["family"] == "rome" and row["best"]["site"] == "edit:rome.py layer=5 t1"
+    assert row["runner_up"]["family"] == "lora" and row["verdict"].startswith("advice holds")
+    wrong = Task.from_dict({**TASK, "map": {"behaviour": "facts", "advice": "LoRA early", "advice_arm": "lora"}})
+    assert entry(report, wrong)["verdict"] == "advice fails by 0.35 (lora 0.60, rome 0.95)"
+    md = markdown([row])
+    assert "| facts | mid-layer MLPs | `edit:rome.py layer=5 t1` | 0.95 | lora 0.60 | advice holds" in md
+    with pytest.raises(Exception, match="map: unknown key"):
+        Task.from_dict({**TASK, "map": {"advise": "x"}})
