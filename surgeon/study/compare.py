@@ -57,12 +57,7 @@ def compare(task: Task | str | Path, model, arms: list[str | Arm], out_dir, *, k
     task_file.write_text(json.dumps(task.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
     say(f"compare: measuring the original {model.name} on task {task.name}")
-    t0 = time.perf_counter()
-    rt0 = load(ck0)
-    ref = measure.reference(rt0, task)
-    original = measure.measure(rt0, task, ref)
-    ref_s = time.perf_counter() - t0
-    del rt0
+    ref, original, ref_s = measure_original(ck0, task)
 
     rows = []
     for i, a in enumerate(arms, 1):
@@ -92,6 +87,15 @@ def compare(task: Task | str | Path, model, arms: list[str | Arm], out_dir, *, k
 def _opened(model) -> Checkpoint:
     """The original as an open Checkpoint (a path is opened as it is, without external links)."""
     return model if isinstance(model, Checkpoint) else open_checkpoint(Path(model).absolute())
+
+
+def measure_original(model, task: Task):
+    """The original model's reference outputs and metrics on ``task``: (reference, metrics, seconds)."""
+    t0 = time.perf_counter()
+    rt0 = load(model)
+    ref = measure.reference(rt0, task)
+    original = measure.measure(rt0, task, ref)
+    return ref, original, time.perf_counter() - t0
 
 
 def _prepare(task: Task, model, arms: list[Arm], out: Path, overwrite: bool) -> list[Arm]:

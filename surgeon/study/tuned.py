@@ -32,7 +32,7 @@ from surgeon.io.checkpoint import open_checkpoint
 from surgeon.runtime import load
 from surgeon.study import measure
 from surgeon.study.arms import Arm, CompareError, Stage, parse_arm
-from surgeon.study.compare import _counts, _make_and_measure, _prepare, _say
+from surgeon.study.compare import _counts, _make_and_measure, _prepare, _say, measure_original
 from surgeon.study.report import markdown, plot, reading
 from surgeon.study.search import KL_LEVELS, Search, front, matched, search, success, with_params
 from surgeon.study.task import Task, TaskError
@@ -71,12 +71,7 @@ def compare_tuned(task: Task | str | Path, model, arms: list[str | Arm], out_dir
                                   num_layers=num_layers, seed=seed, say=say)
 
     say(f"compare: measuring the original and the chosen points on the test split of {task.name}")
-    t0 = time.perf_counter()
-    rt0 = load(model)
-    ref_test = measure.reference(rt0, test)
-    original = measure.measure(rt0, test, ref_test)
-    ref_s = time.perf_counter() - t0
-    del rt0
+    ref_test, original, ref_s = measure_original(model, test)
     rows = [{"name": "none", "spec": "none", "stages": [], "error": None, "metrics": original.to_dict(details=False),
              "details": original.details, "cost": _no_cost()}]
     families = {}
