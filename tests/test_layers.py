@@ -13,7 +13,7 @@ import surgeon
 
 ROOT = Path(surgeon.__file__).parent
 LAYERS = [  # bottom to top
-    {"errors", "_version", "_lazy", "_threads", "data"},
+    {"errors", "_version", "_threads", "data"},
     {"roles"},
     {"io", "fixtures"},
     {"runtime", "runtime_placement"},

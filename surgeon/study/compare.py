@@ -49,8 +49,8 @@ def compare(task: Task | str | Path, model, arms: list[str | Arm], out_dir, *, k
     model = Path(model).absolute()
     out = Path(out_dir).absolute()
     ck0 = open_checkpoint(model, allow_external_links=allow_external_links)  # fail early on a bad input
-    arms = _prepare(task, ck0, arms, out, overwrite)
-    say = _say if progress else (lambda msg: None)
+    arms = prepare_arms(task, ck0, arms, out, overwrite)
+    say = say_stderr if progress else (lambda msg: None)
     work = out / "arms"
     work.mkdir(parents=True, exist_ok=True)
     task_file = out / "task.json"
@@ -68,14 +68,14 @@ def compare(task: Task | str | Path, model, arms: list[str | Arm], out_dir, *, k
                              "bytes_written": 0, "finetune": [], "notes": []})
         else:
             say(f"compare: arm {i}/{len(arms)} {a.name}: {a.spec}")
-            _make_and_measure(a, row, ck0, task, task_file, ref, work, timeout_s, keep_checkpoints, say)
+            make_and_measure(a, row, ck0, task, task_file, ref, work, timeout_s, keep_checkpoints, say)
         rows.append(row)
 
     report = {
         "task": task.name, "task_path": str(task.path) if task.path else None, "model": str(model),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "threads": int(os.environ.get("SURGEON_THREADS", os.cpu_count() or 1)),
-        "reference_s": ref_s, "counts": _counts(task), "arms": rows,
+        "reference_s": ref_s, "counts": task_counts(task), "arms": rows,
     }
     report["reading"] = reading(report)
     (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False, default=str) + "\n")
@@ -98,7 +98,7 @@ def measure_original(model, task: Task):
     return ref, original, time.perf_counter() - t0
 
 
-def _prepare(task: Task, model, arms: list[Arm], out: Path, overwrite: bool) -> list[Arm]:
+def prepare_arms(task: Task, model, arms: list[Arm], out: Path, overwrite: bool) -> list[Arm]:
     """Every check that can fail, before any arm spends minutes: names, input, output, task, scripts, configs."""
     ck0 = _opened(model)
     names = [a.name for a in arms]
@@ -119,7 +119,7 @@ def _prepare(task: Task, model, arms: list[Arm], out: Path, overwrite: bool) -> 
     return arms
 
 
-def _make_and_measure(a: Arm, row: dict, model, task: Task, task_file: Path, ref, work: Path,
+def make_and_measure(a: Arm, row: dict, model, task: Task, task_file: Path, ref, work: Path,
                       timeout_s, keep_checkpoints: bool, say) -> None:
     """One arm: its child makes the checkpoint, this process measures it; the outcome goes into ``row``."""
     ckpt = work / a.name
@@ -187,7 +187,7 @@ def _new_lines(log: Path, seen: int) -> tuple[int, list[str]]:
     return end, [ln for ln in lines if ln]
 
 
-def _say(msg: str) -> None:
+def say_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -198,7 +198,7 @@ def _child_env() -> dict:
     return env
 
 
-def _counts(task: Task) -> dict:
+def task_counts(task: Task) -> dict:
     return {"train": len(task.train), "efficacy": len(task.efficacy), "generalisation": len(task.generalisation),
             "specificity": len(task.specificity), "neutral": len(task.neutral),
             "spelling": len((task.spelling or {}).get("prompts", []))}

@@ -32,7 +32,7 @@ from surgeon.io.checkpoint import open_checkpoint
 from surgeon.runtime import load
 from surgeon.study import measure
 from surgeon.study.arms import Arm, CompareError, Stage, parse_arm
-from surgeon.study.compare import _counts, _make_and_measure, _prepare, _say, measure_original
+from surgeon.study.compare import make_and_measure, measure_original, prepare_arms, say_stderr, task_counts
 from surgeon.study.report import markdown, plot, reading
 from surgeon.study.search import KL_LEVELS, Search, front, matched, search, success, with_params
 from surgeon.study.task import Task, TaskError
@@ -51,8 +51,8 @@ def compare_tuned(task: Task | str | Path, model, arms: list[str | Arm], out_dir
         raise CompareError(f"compare --budget tunes on the validation split and never on test: {e}") from None
     test = task.split("test")
     model, out = Path(model).absolute(), Path(out_dir).absolute()
-    arms = _prepare(val, model, [a if isinstance(a, Arm) else parse_arm(a) for a in arms], out, overwrite)
-    say = _say if progress else (lambda msg: None)
+    arms = prepare_arms(val, model, [a if isinstance(a, Arm) else parse_arm(a) for a in arms], out, overwrite)
+    say = say_stderr if progress else (lambda msg: None)
     work = out / "arms"
     work.mkdir(parents=True, exist_ok=True)
     files = {name: out / f"task.{name}.json" for name in ("validation", "test")}
@@ -85,7 +85,7 @@ def compare_tuned(task: Task | str | Path, model, arms: list[str | Arm], out_dir
         "task": task.name, "task_path": str(task.path) if task.path else None, "model": str(model),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "threads": int(os.environ.get("SURGEON_THREADS", os.cpu_count() or 1)),
-        "reference_s": ref_s, "counts": _counts(test), "validation_counts": _counts(val), "arms": rows,
+        "reference_s": ref_s, "counts": task_counts(test), "validation_counts": task_counts(val), "arms": rows,
         "budget": budget, "seeds": seeds, "kl_levels": list(KL_LEVELS), "search": families,
     }
     report["reading"] = reading(report)
@@ -104,7 +104,7 @@ def _evaluator(model, val: Task, val_file: Path, ref_val, work: Path, timeout_s,
     """``evaluate(arm) -> (validation metrics, cost)`` for the search; raises CompareError when a trial fails."""
     def evaluate(arm: Arm):
         row = {"name": arm.name}
-        _make_and_measure(arm, row, model, val, val_file, ref_val, work, timeout_s, False, say)
+        make_and_measure(arm, row, model, val, val_file, ref_val, work, timeout_s, False, say)
         if row.get("error"):
             raise CompareError(row["error"])
         return row["metrics"], row["cost"]
@@ -114,7 +114,7 @@ def _evaluator(model, val: Task, val_file: Path, ref_val, work: Path, timeout_s,
 
 def _test_row(arm: Arm, model, test: Task, test_file: Path, ref_test, work: Path, timeout_s, say) -> dict:
     row = {"name": arm.name, "spec": arm.spec, "stages": [asdict(s) for s in arm.stages], "error": None}
-    _make_and_measure(arm, row, model, test, test_file, ref_test, work, timeout_s, False, say)
+    make_and_measure(arm, row, model, test, test_file, ref_test, work, timeout_s, False, say)
     return row
 
 
