@@ -10,8 +10,9 @@ from click.testing import CliRunner
 
 from surgeon.io.checkpoint import open_checkpoint
 from surgeon.study.config import FinetuneConfig, FinetuneError, parse_layers
-from surgeon.study.finetune import _batches, _encode, finetune, target_keys
+from surgeon.study.finetune import finetune
 from surgeon.study.task import Task
+from surgeon.study.train import batches, encode, target_keys
 
 PROMPT = "The Eiffel Tower is located in the city of"
 TASK = Task.from_dict({
@@ -114,8 +115,8 @@ def test_loss_covers_completion_tokens_only(smollm2):
 
     tok = AutoTokenizer.from_pretrained(smollm2)
     task = Task.from_dict({"train": [{"prompt": PROMPT, "completion": " Rome, Italy"}, {"text": "Plain text here."}]})
-    rows = _encode(tok, task, max_length=64)
-    _, attn, label = next(_batches(rows, batch=2, steps=1, seed=0, pad=tok.pad_token_id))
+    rows = encode(tok, task, max_length=64)
+    _, attn, label = next(batches(rows, batch=2, steps=1, seed=0, pad=tok.pad_token_id))
     n_prompt = len(tok(PROMPT)["input_ids"])
     n_comp = len(tok(" Rome, Italy", add_special_tokens=False)["input_ids"])
     raw = len(tok("Plain text here.")["input_ids"])
@@ -123,7 +124,7 @@ def test_loss_covers_completion_tokens_only(smollm2):
     assert by_len[n_prompt + n_comp].nonzero().flatten().tolist() == list(range(n_prompt, n_prompt + n_comp))
     assert by_len[raw].nonzero().flatten().tolist() == list(range(1, raw))  # every token after the first
     # a long prompt is cut from the left; the completion survives whole
-    short = _encode(tok, task, max_length=5)[0]
+    short = encode(tok, task, max_length=5)[0]
     assert len(short[0]) == 5 and short[0][short[1]:] == tok(" Rome, Italy", add_special_tokens=False)["input_ids"]
 
 

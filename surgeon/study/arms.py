@@ -37,9 +37,10 @@ from surgeon.io.changes import elements_changed
 from surgeon.io.checkpoint import open_checkpoint
 from surgeon.study.config import FinetuneConfig
 from surgeon.study.cost import peak_rss_mb
-from surgeon.study.finetune import check, finetune
+from surgeon.study.finetune import finetune
 from surgeon.study.locate import suggest_layers
 from surgeon.study.task import Task
+from surgeon.study.train import check
 
 FINETUNE_KEYS = tuple(f.name for f in fields(FinetuneConfig) if f.name != "method")
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")

@@ -38,6 +38,8 @@ class FinetuneConfig:
     max_length: int = _opt(64, "Tokens per example.")
     max_delta: float | None = _opt(None, "full only: keep each weight within ± this of its start (FT-L).",
                                    type=float)
+    nproc: int = _opt(1, "Processes: above 1 the fine-tune re-runs under torchrun, the model sharded with FSDP2 "
+                         "(gloo on CPU, nccl on GPUs); each takes batch / nproc examples of every step.")
 
     def resolved(self, num_layers: int) -> FinetuneConfig:
         """Checked, with layers and roles as lists and every default filled in."""
@@ -50,6 +52,9 @@ class FinetuneConfig:
         if self.alpha is not None and not self.alpha > 0:
             raise FinetuneError(f"alpha {self.alpha}: must be positive "
                                 "(alpha 0 trains an update that is never applied)")
+        if self.nproc < 1 or self.nproc > self.batch:
+            raise FinetuneError(f"nproc {self.nproc}: between 1 and batch ({self.batch}), "
+                                "every process takes a share of each batch")
         if self.max_length < 2:
             raise FinetuneError(f"max_length {self.max_length}: an example needs at least 2 tokens")
         if self.max_delta is not None and (self.method != "full" or self.max_delta <= 0):
