@@ -104,7 +104,8 @@ def finetune(ck_or_path, task: Task | str | Path, config: FinetuneConfig | None 
     if cfg.nproc > 1:
         run = finetune_dist.launch(ck, task, cfg, keys, progress=progress)
         changed, update_kept = stage_deltas(ck, run.deltas(), notes)
-        n_trainable, losses, tokens, train_s, peak = run.n_trainable, run.losses, run.tokens, run.train_s, run.peak_mb
+        n_trainable, losses, tokens, train_s = run.n_trainable, run.losses, run.tokens, run.train_s
+        peak = max(run.peak_mb, peak_rss_mb())  # the largest rank, or this process's staging
         notes.extend(run.notes)
     else:
         torch.manual_seed(cfg.seed)
