@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from surgeon.io.checkpoint import open_checkpoint
-from surgeon.runtime_placement import default_device, input_device, load_model
+from surgeon.runtime_placement import default_device, env_placement, input_device, load_model
 
 
 def bos_id(tokenizer) -> int | None:
@@ -70,13 +70,21 @@ class Runtime:
     to transformers' ``from_pretrained`` (accelerate places whole decoder
     layers; a temporary folder is used if offloading needs one and none is
     given). ``layers``: build only the first ``layers`` decoder layers.
+    Left unset, ``dtype``, ``max_memory`` and ``offload_folder`` come from
+    ``surgeon --dtype / --max-memory / --offload-folder`` (:func:`env_placement`)
+    unless ``from_env=False`` (the fine-tune trains in float32, in memory).
     """
 
-    def __init__(self, ck, *, dtype: torch.dtype | str = torch.float32, device: str | None = None,
+    def __init__(self, ck, *, dtype: torch.dtype | str | None = None, device: str | None = None,
                  device_map=None, max_memory: dict | None = None, offload_folder=None, layers: int | None = None,
-                 model=None, tokenizer=None):
+                 model=None, tokenizer=None, from_env: bool = True):
         from transformers import AutoTokenizer
 
+        env = env_placement() if from_env and model is None else {}
+        if device_map is None and max_memory is None:
+            max_memory = env.get("max_memory")
+        offload_folder = offload_folder or env.get("offload_folder")
+        dtype = dtype or env.get("dtype") or torch.float32
         self.ck = ck
         self._keep = ExitStack()  # the files an offloaded model reads from live as long as it does
         weakref.finalize(self, self._keep.close)

@@ -9,12 +9,45 @@ first n decoder layers from the same files. Only :mod:`surgeon.runtime` calls th
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads when a model is built, not when the CLI parses --max-memory
+    import torch
+
+
+def env_placement() -> dict:
+    """The placement ``surgeon --max-memory / --offload-folder / --dtype`` set for every model a command
+    builds (also in compare's arm children): ``$SURGEON_MAX_MEMORY`` ("0=70GiB,cpu=100GiB"),
+    ``$SURGEON_OFFLOAD_FOLDER``, ``$SURGEON_DTYPE``."""
+    out: dict = {}
+    if spec := os.environ.get("SURGEON_MAX_MEMORY"):
+        out["max_memory"] = parse_max_memory(spec)
+    if folder := os.environ.get("SURGEON_OFFLOAD_FOLDER"):
+        out["offload_folder"] = folder
+    if dtype := os.environ.get("SURGEON_DTYPE"):
+        out["dtype"] = dtype
+    return out
+
+
+def parse_max_memory(spec: str) -> dict:
+    """``"0=70GiB,cpu=100GiB"`` -> ``{0: "70GiB", "cpu": "100GiB"}`` (accelerate's ``max_memory``)."""
+    out: dict = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        where, eq, amount = part.partition("=")
+        where, amount = where.strip(), amount.strip()
+        if not eq or not amount or not (where.isdigit() or where in ("cpu", "mps")):
+            raise ValueError(f"max memory {spec!r}: expected DEVICE=AMOUNT pairs such as 0=70GiB,cpu=100GiB "
+                             f"(DEVICE: a GPU index, cpu or mps), not {part!r}")
+        out[int(where) if where.isdigit() else where] = amount
+    if not out:
+        raise ValueError(f"max memory {spec!r}: name at least one DEVICE=AMOUNT")
+    return out
 
 
 def default_device() -> str:
     """``$SURGEON_DEVICE`` if set (``surgeon --device``), else ``cuda`` when a GPU is present, else ``cpu``."""
+    import torch
+
     return os.environ.get("SURGEON_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -25,6 +58,7 @@ def load_model(d, dtype, layers: int | None, device_map, max_memory, offload_fol
     per-layer ``layer_types`` list) cut; transformers then has no slot for the
     upper layers' tensors and never reads them from the safetensors files.
     """
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -49,6 +83,8 @@ def load_model(d, dtype, layers: int | None, device_map, max_memory, offload_fol
 
 def input_device(model) -> torch.device:
     """Where inputs go: the embedding's execution device (its accelerate hook's when it is placed)."""
+    import torch
+
     emb = model.get_input_embeddings()
     hook = getattr(emb, "_hf_hook", None)
     dev = getattr(hook, "execution_device", None)

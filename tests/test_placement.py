@@ -95,3 +95,28 @@ def test_rome_and_measurement_offloaded_equal_in_memory(smollm2):
     assert abs(off.p_after - mem.p_after) <= 1e-5  # ... and the offloaded model measures it alike
     assert m_off.efficacy == m_mem.efficacy and m_off.specificity == m_mem.specificity
     assert abs(m_off.efficacy_p - m_mem.efficacy_p) <= 1e-5 and abs(m_off.kl - m_mem.kl) <= 1e-5
+
+
+def test_cli_placement_options_reach_every_runtime_but_the_finetune(smollm2, memory, monkeypatch):
+    """``surgeon --max-memory … --dtype …`` places the models later commands build (compare's arm
+    children inherit it); the fine-tune's runtime opts out and trains in float32, in memory."""
+    from click.testing import CliRunner
+
+    from surgeon.cli import main
+
+    for name in ("SURGEON_MAX_MEMORY", "SURGEON_OFFLOAD_FOLDER", "SURGEON_DTYPE"):
+        monkeypatch.setenv(name, "")  # restored after the test: the CLI writes os.environ
+    res = CliRunner().invoke(main, ["--max-memory", "cpu=150MB", "--dtype", "bfloat16", "inspect", str(smollm2)])
+    assert res.exit_code == 0, res.output
+    ck = surgeon.open(smollm2)
+    placed = load(ck)
+    assert placed.model.dtype == torch.bfloat16 and len(on_disk(placed)) >= 10  # 18 of 30 in bf16
+    ids = placed.tokenizer(REQUEST.prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        p_placed = torch.softmax(placed.logits(ids, keep=1)[0, -1].float(), -1)
+        p_memory = torch.softmax(memory.logits(ids, keep=1)[0, -1].float(), -1)
+    assert (p_placed - p_memory).abs().max().item() < 0.02  # bf16 vs float32 weights (SmolLM2 is stored in bf16)
+    unplaced = load(ck, from_env=False)
+    assert unplaced.model.dtype == torch.float32 and not on_disk(unplaced)
+    bad = CliRunner().invoke(main, ["--max-memory", "gpu=1GB", "inspect", str(smollm2)])
+    assert bad.exit_code == 2 and "expected DEVICE=AMOUNT" in bad.output

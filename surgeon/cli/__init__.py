@@ -24,6 +24,7 @@ from surgeon.cli.export import export_adapter_cmd, export_group
 from surgeon.cli.fixture import fixture
 from surgeon.cli.study import compare, finetune, locate_cmd, map_cmd
 from surgeon.errors import SurgeonError
+from surgeon.runtime_placement import parse_max_memory
 
 
 class _Group(click.Group):
@@ -58,18 +59,39 @@ def _debug(ctx) -> bool:
     return bool((ctx.obj or {}).get("debug")) or os.environ.get("SURGEON_DEBUG") == "1"
 
 
+def _check_max_memory(ctx, param, value):
+    if value:
+        try:
+            parse_max_memory(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+    return value
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.option("--device", default=None, metavar="DEVICE",
               help="Where models run (cpu, cuda, cuda:1); default the GPU when there is one ($SURGEON_DEVICE).")
+@click.option("--max-memory", default=None, metavar="DEV=AMOUNT,...", callback=_check_max_memory,
+              help="Place every model a command builds with accelerate within these limits, offloading the rest "
+                   "(0=70GiB,cpu=100GiB; the fine-tune stays in memory).")
+@click.option("--offload-folder", default=None, type=click.Path(file_okay=False),
+              help="Where offloaded layers go (default: a temporary folder).")
+@click.option("--dtype", default=None, type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="dtype of the models that measure and compute edits (default float32; the fine-tune trains "
+                   "in float32).")
 @click.version_option(package_name="surgeon")
 @click.pass_context
-def main(ctx, debug, device):
+def main(ctx, debug, device, max_memory, offload_folder, dtype):
     """Weight surgery on transformer checkpoints: inspect, edit, fine-tune, measure."""
     ctx.ensure_object(dict)["debug"] = debug
     quiet_waits()  # before any command imports torch: OpenMP reads its wait policy once, when torch loads
-    if device:
-        os.environ["SURGEON_DEVICE"] = device  # read by surgeon.runtime.default_device, also in arm children
+    # read by surgeon.runtime (default_device, env_placement), also in compare's arm children
+    for name, value in (("SURGEON_DEVICE", device), ("SURGEON_MAX_MEMORY", max_memory),
+                        ("SURGEON_OFFLOAD_FOLDER", offload_folder), ("SURGEON_DTYPE", dtype)):
+        if value:
+            os.environ[name] = value
+
 
 
 for _command in (inspect, apply, diff_cmd, finetune, compare, map_cmd, locate_cmd, export_adapter_cmd, export_group,

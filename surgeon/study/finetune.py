@@ -109,7 +109,7 @@ def finetune(ck_or_path, task: Task | str | Path, config: FinetuneConfig | None 
         notes.extend(run.notes)
     else:
         torch.manual_seed(cfg.seed)
-        rt = load(ck)
+        rt = load(ck, from_env=False)
         rows = train.encode(rt.tokenizer, task, cfg.max_length, notes)
         job = train.prepare(rt, ck, cfg, keys, notes)
         losses, tokens, train_s = train.train(rt, job, rows, cfg, progress)

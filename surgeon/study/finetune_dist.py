@@ -126,7 +126,7 @@ def work(folder: Path, rank: int, world: int, device: str) -> None:
     keys, notes = doc["keys"], []
 
     torch.manual_seed(cfg.seed)  # the same model, LoRA initialisation and batches on every rank
-    rt = load(ck, device=device)
+    rt = load(ck, device=device, from_env=False)
     rows = train.encode(rt.tokenizer, task, cfg.max_length, notes)
     job = train.prepare(rt, ck, cfg, keys, notes)
     layers = [rt.layer(i) for i in range(rt.num_layers)]
