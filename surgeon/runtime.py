@@ -157,6 +157,8 @@ class Runtime:
             anchor = roles.get("mlp.down") or roles.get("mlp.router")
         if anchor is None and kind == "attn":
             anchor = next(s["module"] for r, s in self.arch.fused.items() if r.startswith("attn."))
+        if anchor is None and kind == "mlp" and self.arch.experts:  # no router role: the experts' list's parent
+            return self.arch.experts["module"].split(".{expert}")[0].rpartition(".")[0]
         return anchor.rpartition(".")[0]
 
     # ------------------------------------------------------------------ hooks

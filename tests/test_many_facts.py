@@ -13,7 +13,9 @@ import pytest
 import torch
 
 import surgeon
-from surgeon.edits.memit import FactsParams, edit_facts, null_space
+from surgeon.edits.alphaedit import FactsState, null_space
+from surgeon.edits.memit import FactsParams, edit_facts
+from surgeon.errors import EditError
 from surgeon.runtime import load
 from surgeon.study import facts as F
 from surgeon.study.task import Task
@@ -65,18 +67,28 @@ def test_a_batch_of_ten_facts_edits_all_ten_and_keeps_the_neighbours(model, fact
     assert neigh >= neigh0 - 0.1
 
 
-def test_a_second_sequential_round_does_not_undo_the_first(model, facts):
+def test_a_second_sequential_round_does_not_undo_the_first(model, facts, tmp_path):
+    """Round 2 starts from round 1's state as saved to disk and loaded back: the resume path after a crash."""
     ck, rt = model
     first, second = facts[10:20], facts[20:30]
     r1 = edit_facts(ck, [f.request for f in first], layers=LAYERS, mode="sequential", params=FAST, runtime=rt)
     eff1, _ = teacher_forced(rt, first)
-    r2 = edit_facts(ck, [f.request for f in second], mode="sequential", params=FAST, runtime=rt, state=r1.state)
+    state = FactsState.load(r1.state.save(tmp_path / "round-01.state.safetensors"))
+    assert state.edited == 10 and state.layers == r1.state.layers
+    for lay in LAYERS:
+        assert torch.equal(state.preserved[lay], r1.state.preserved[lay])
+        assert torch.equal(state.projectors[lay], r1.state.projectors[lay])
+        assert torch.equal(state.covariances[lay].matrix, r1.state.covariances[lay].matrix)
+    (tmp_path / "bad.safetensors").write_text("not a state")
+    with pytest.raises(EditError, match="bad.safetensors: not a surgeon facts state"):
+        FactsState.load(tmp_path / "bad.safetensors")
+    r2 = edit_facts(ck, [f.request for f in second], mode="sequential", params=FAST, runtime=rt, state=state)
     eff1_after, neigh = teacher_forced(rt, first)
     eff2, _ = teacher_forced(rt, second)
     print(f"\nAlphaEdit, 2 rounds of 10: round 1 efficacy {eff1:.2f} -> {eff1_after:.2f} after round 2; "
           f"round 2 efficacy {eff2:.2f}; neighbourhood of round 1 {neigh:.2f}; null space dims {r2.null_dims}")
     reset(ck, rt)
-    assert r2.state is r1.state and r2.state.edited == 20
+    assert r2.state is state and r2.state.edited == 20
     assert eff1 >= 0.9
     assert eff1_after >= 0.9
     assert eff2 >= 0.9

@@ -69,7 +69,7 @@ def check_family(model_type: str, tmp_path) -> list[str]:
             fam.test_up_is_the_linear_branch_and_gate_the_activated_one(tiny, model_type, tmp_path / "gate")
             ran.append("mlp.gate")
         norms = {"norm.pre_attn", "norm.pre_mlp", "norm.post_attn", "norm.post_mlp"} & roles
-        if "final_norm" in roles and norms and {"attn.o", "mlp.down"} <= roles:
+        if norms:
             fam.test_norms_are_named_by_what_they_normalise(tiny, model_type)
             ran.append("norms")
         if ck.tied:

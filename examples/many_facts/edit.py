@@ -10,26 +10,40 @@ default range, five layers ending at num_layers // 5: 2-6 on SmolLM2). ``n``: th
 requests of ``split`` ("test", "validation"; "all" for every request).
 ``mode``: "batched" (MEMIT) or "sequential" (AlphaEdit, rounds of
 ``round_size``). ``rounds_dir``: with mode=sequential, save the checkpoint
-after each round there (``round-01``, ...) through the normal writer.
+after each round there (``round-01``, ...) through the normal writer, and the
+run's state beside it (``round-01.state.safetensors``: C, the null-space
+projector and the earlier rounds' keys). To resume after a crash, start from
+the last round that has both and pass its state::
+
+    surgeon apply examples/many_facts/edit.py --model ROUNDS/round-03 --out OUT --param mode=sequential \
+        --param task=... --param n=1000 --param rounds_dir=ROUNDS --param resume=ROUNDS/round-03.state.safetensors
+
+The requests the state has written (``state.edited``) are skipped; rounds go on numbering from there.
 """
 
+from surgeon.edits.alphaedit import FactsState
 from surgeon.edits.memit import FactsParams, edit_facts
 from surgeon.study import facts as F
 from surgeon.study.task import Task
 
 
-def edit(ck, task, layers="auto", n=None, split="test", mode="batched", round_size=100, rounds_dir=None):
+def edit(ck, task, layers="auto", n=None, split="test", mode="batched", round_size=100, rounds_dir=None,
+         resume=None):
     t = Task.load(task)
     if "facts" in t.edit and split != "all":
         t = F.subset(t, split, None if n is None else int(n))
     reqs = F.requests(t)[: None if n is None else int(n)]
+    state = FactsState.load(resume) if resume else None
+    skip = state.edited if state else 0
     on_round = None
     if rounds_dir:
-        def on_round(i, done):
-            ck.save(f"{rounds_dir}/round-{i:02d}", overwrite=True)
-            print(f"round {i}: {done} facts written, saved to {rounds_dir}/round-{i:02d}")
-    res = edit_facts(ck, reqs, layers=None if layers == "auto" else layers, mode=mode,
-                     params=FactsParams(round_size=int(round_size)), on_round=on_round)
+        def on_round(i, done, st):
+            name = f"{rounds_dir}/round-{i + skip // int(round_size):02d}"
+            ck.save(name, overwrite=True)
+            st.save(f"{name}.state.safetensors")  # after the checkpoint: a state always has its round
+            print(f"round {i}: {skip + done} facts written, saved to {name}")
+    res = edit_facts(ck, reqs[skip:], layers=None if layers == "auto" else layers, mode=mode,
+                     params=FactsParams(round_size=int(round_size)), on_round=on_round, state=state)
     print(f"{res.mode}: {res.requests} facts into layers {res.layers} in {res.seconds:.1f} s "
           f"(v* {res.seconds_values:.1f} s; C {res.seconds_covariance:.1f} s from {res.covariance_tokens} tokens); "
           f"||dW||/||W|| " + ", ".join(f"{lay}: {v:.4f}" for lay, v in res.relative.items()))

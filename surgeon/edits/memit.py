@@ -33,8 +33,9 @@ projects each update onto the null space of the preserved keys, so that
   rounds 1..t−1. The solution lies in the range of P, hence ΔW K₀ ≈ 0.
 
 Both are one entry, :func:`edit_facts` (``mode="batched"`` or
-``"sequential"``); :class:`FactsState` carries C, P and K_p K_pᵀ from one call
-to the next, so sequential rounds may be separate calls (and resumed).
+``"sequential"``); AlphaEdit's projection and :class:`FactsState` (C, P and
+K_p K_pᵀ carried from one call to the next, saved and loaded so that a run
+resumes) live in :mod:`surgeon.edits.alphaedit`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from surgeon.edits.covariance import Covariance, key_covariance
+from surgeon.edits.alphaedit import FactsState, insert_projected, null_space
+from surgeon.edits.covariance import key_covariance
 from surgeon.edits.rome import RankOneRequest, _frozen, _jsonable, _last_subject_token, _left_pad, corpus_prefixes
 from surgeon.errors import EditError
 from surgeon.runtime import load
@@ -70,20 +72,6 @@ class FactsParams:
     null_energy: float = 1e-2  # AlphaEdit: the null space holds this share of the preserved keys' energy
     l2: float = 1.0  # AlphaEdit's α in units of the mean eigenvalue of C
     round_size: int = 100  # sequential mode: requests per round
-
-
-@dataclass
-class FactsState:
-    """What a sequential run carries between rounds (and calls): C and P per layer, K_p K_pᵀ, count."""
-
-    layers: list[int]
-    covariances: dict[int, Covariance]
-    projectors: dict[int, torch.Tensor] = field(default_factory=dict)  # (d_ff, d_ff) float64
-    preserved: dict[int, torch.Tensor] = field(default_factory=dict)  # Σ k kᵀ of edits so far, float64
-    edited: int = 0  # requests written so far
-
-    def null_dims(self) -> dict[int, int]:
-        return {lay: int(round(float(P.trace()))) for lay, P in self.projectors.items()}
 
 
 @dataclass
@@ -120,8 +108,9 @@ def edit_facts(ck, requests: list[RankOneRequest], *, layers: list[int] | str | 
     list, ``"a-b"``, or None (five layers ending at num_layers // 5: 2-6 on SmolLM2).
     ``state``: the :attr:`FactsResult.state` of an earlier call, to go on from
     it (sequential: the earlier rounds stay protected; C and P are not
-    recomputed on the edited weights). ``on_round(i, result_so_far)`` is called
-    after each sequential round (save the checkpoint there to resume later).
+    recomputed on the edited weights). ``on_round(i, done, state)`` is called
+    after each round with the requests written so far (save the checkpoint and
+    ``state.save(...)`` there to resume later).
     Staged in ``ck`` and recorded in the manifest.
     """
     t0 = time.perf_counter()
@@ -153,7 +142,7 @@ def edit_facts(ck, requests: list[RankOneRequest], *, layers: list[int] | str | 
         rounds += 1
         state.edited += len(batch)
         if on_round is not None:
-            on_round(rounds, start + len(batch))
+            on_round(rounds, start + len(batch), state)
 
     stored = {lay: ck[f"layers.{lay}.mlp.down"] - originals[lay] for lay in layers}
     result = FactsResult(
@@ -378,29 +367,6 @@ def insert(resid: torch.Tensor, keys: torch.Tensor, reg: torch.Tensor) -> torch.
     A = reg.double() + K @ K.T
     adj = torch.linalg.solve(A, K)  # (d_ff, N)
     return (resid.double().T @ adj.T).float()
-
-
-def insert_projected(resid: torch.Tensor, keys: torch.Tensor, P: torch.Tensor, preserved: torch.Tensor,
-                     alpha: float) -> torch.Tensor:
-    """AlphaEdit's update: ΔWᵀ = (P (K Kᵀ + K_p K_pᵀ) + αI)⁻¹ P K Rᵀ; it lies in the range of P, so ΔW K₀ ≈ 0."""
-    K = keys.double().T
-    d = K.shape[0]
-    A = P @ (K @ K.T + preserved) + alpha * torch.eye(d, dtype=torch.float64)
-    upd = torch.linalg.solve(A, P @ K @ resid.double())  # (d_ff, d)
-    return upd.T.float()
-
-
-def null_space(C: torch.Tensor, energy: float) -> torch.Tensor:
-    """AlphaEdit's P = Û Ûᵀ: Û the eigenvectors of C with the smallest eigenvalues whose sum is below
-    ``energy`` × tr(C), i.e. directions in which the preserved keys carry that share of their energy.
-
-    AlphaEdit thresholds the eigenvalues at an absolute 1e-2 for 14k-wide keys of 8B models; SmolLM2's
-    1,536-wide keys have no eigenvalue below 1 % of the mean, so the share of energy is the scale-free rule.
-    """
-    vals, vecs = torch.linalg.eigh(C.double())  # ascending
-    small = (vals.cumsum(0) / vals.sum()) < energy
-    U = vecs[:, small]
-    return U @ U.T
 
 
 def _layers(ck, layers) -> list[int]:

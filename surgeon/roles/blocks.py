@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from surgeon.roles.trace import SEQ, Trace, first_token, match_columns, same
+from surgeon.roles.trace import SEQ, Trace, _first_tensor, all_tokens, first_token, match_columns, same
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Found:
     expert_params: dict[str, str] = field(default_factory=dict)  # 3-D in-memory parameter -> "experts" module
     routed: dict[str, str] = field(default_factory=dict)  # MoE block name -> experts module name
     block_inputs: dict[str, object] = field(default_factory=dict)  # MoE block name -> its traced input
+    feeds: dict[str, str] = field(default_factory=dict)  # pre norm -> the attention / MLP block it feeds
     notes: list[str] = field(default_factory=list)
 
 
@@ -104,9 +105,12 @@ def attention(model, rec: Trace, att, found: Found) -> None:
     norms = [n for n in under if n not in lin and is_norm(mods[n])]
     per_proj: dict[str, dict[str, list[int]]] = {}
     for t in "qkv":
-        dst = first_token(getattr(att, t), heads_layout=True)
+        # q and k are rotated (the identity only at position 0); v is not, so its columns must match everywhere
+        # (a projection followed by a convolution over time, Inkling's, is not the values)
+        tokens = all_tokens if t == "v" else first_token
+        dst = tokens(getattr(att, t), heads_layout=True)
         hits = [
-            (n, match_columns(first_token(rec.calls[n].out), dst))
+            (n, match_columns(tokens(rec.calls[n].out), dst))
             for n in lin + norms
             if rec.calls[n].out is not None and rec.calls[n].out.dim() >= 2
         ]
@@ -251,3 +255,44 @@ def layer(model, rec: Trace, prefix: str, found: Found) -> None:
             where += ["norm.pre_mlp"] * same(n.out, m_call.inp) + ["norm.post_mlp"] * same(n.inp, m_call.out)
         if len(where) == 1:
             found.roles[c] = where[0]
+            block = {"norm.pre_attn": att.module if att else None, "norm.pre_mlp": mlp}.get(where[0])
+            if block:
+                found.feeds[c] = block
+
+
+def feeds_only(model, rec: Trace, norm: str, block: str, layer: str) -> bool | None:
+    """Whether ``norm``'s output reaches ``layer``'s output only through ``block``: a zero norm output and a
+    zero block input give the same layer output (False where the residual stream itself is normalised,
+    MiniMax's ``residual = norm(x)``; None where the block input cannot be replaced)."""
+    import torch
+
+    got, seen = {}, []
+
+    def zero_out(mod, args, out):
+        return torch.zeros_like(out) if isinstance(out, torch.Tensor) else None
+
+    def zero_in(mod, args, kwargs):
+        if args and isinstance(args[0], torch.Tensor):
+            seen.append(1)
+            return (torch.zeros_like(args[0]), *args[1:]), kwargs
+        if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+            seen.append(1)
+            return args, {**kwargs, "hidden_states": torch.zeros_like(kwargs["hidden_states"])}
+        return None
+
+    def keep(mod, args, out, name):
+        got.setdefault(name, _first_tensor(out))
+
+    for name, patch, pre in (("norm", zero_out, False), ("block", zero_in, True)):
+        target = model.get_submodule(block if pre else norm)
+        hook = target.register_forward_pre_hook(patch, with_kwargs=True) if pre else target.register_forward_hook(patch)
+        hooks = [hook, model.get_submodule(layer).register_forward_hook(lambda m, a, o, name=name: keep(m, a, o, name))]
+        try:
+            with torch.no_grad():
+                model(input_ids=rec.ids, use_cache=False)
+        finally:
+            for h in hooks:
+                h.remove()
+    if not seen:
+        return None
+    return same(got.get("norm"), got.get("block"))

@@ -102,6 +102,7 @@ def _infer(config: dict) -> Architecture:
     n_layers = len(model.get_submodule(layers))
     for i in range(n_layers):
         blocks.layer(model, rec, f"{layers}.{i}", found)
+    _drop_inline_norms(model, rec, layers, found)
     _top(model, rec, layers, found)
     offset = _norm_offset(model, found)
     _drop_non_linear(model, rec, found)
@@ -123,8 +124,24 @@ def _layer_list(model) -> str | None:
     return outer[0] if len(outer) == 1 else None
 
 
+def _drop_inline_norms(model, rec, layers: str, found: blocks.Found) -> None:
+    """A pre norm keeps its role only if its output feeds nothing but its block (checked in the first layer
+    holding each module path: one rerun pair per path); a norm the residual stream itself passes through
+    is no pre norm, and no other role fits it."""
+    layer_re = re.compile(re.escape(layers) + r"\.(\d+)\.")
+    verdict: dict[str, bool | None] = {}
+    for norm, block in found.feeds.items():
+        m = layer_re.match(norm)
+        path = norm[m.end():]
+        if path not in verdict:
+            verdict[path] = blocks.feeds_only(model, rec, norm, block, f"{layers}.{m.group(1)}")
+        if verdict[path] is False:
+            found.roles.pop(norm, None)
+
+
 def _top(model, rec, layers: str, found: blocks.Found) -> None:
-    """embed, lm_head, final_norm (the norm whose output the head reads), pos_embed (added to the token embedding)."""
+    """embed, lm_head, final_norm (the norm between the last layer's output and the head's input: not one
+    inside a head that transforms first, ModernBERT's), pos_embed (added to the token embedding)."""
     import torch.nn as nn
 
     names = {id(m): n for n, m in model.named_modules()}
@@ -138,9 +155,14 @@ def _top(model, rec, layers: str, found: blocks.Found) -> None:
     outside = [
         n for n, m in model.named_modules() if n and not n.startswith(layers + ".") and n != layers and n in rec.calls
     ]
-    if head and head in rec.calls:
+    last = rec.calls.get(f"{layers}.{len(model.get_submodule(layers)) - 1}")
+    if head and head in rec.calls and last is not None:
         finals = [
-            n for n in outside if blocks.is_norm(model.get_submodule(n)) and same(rec.calls[n].out, rec.calls[head].inp)
+            n
+            for n in outside
+            if blocks.is_norm(model.get_submodule(n))
+            and same(rec.calls[n].out, rec.calls[head].inp)
+            and same(rec.calls[n].inp, last.out)
         ]
         if len(finals) == 1:
             found.roles[finals[0]] = "final_norm"

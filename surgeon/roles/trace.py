@@ -46,6 +46,7 @@ class Trace:
     attention: dict[str, Attention] = field(default_factory=dict)
     probed: bool = False  # the model dispatched through the probe (else attention is unobserved)
     causal: bool = True  # changing the last token leaves every earlier position's logits alone
+    ids: object = None  # the traced input ids, to rerun the model with a module patched
 
 
 def _first_tensor(x):
@@ -151,6 +152,7 @@ def trace(model, vocab: int) -> Trace:
         for h in handles:
             h.remove()
     rec.calls[""] = Call(len(rec.calls), None, _detach(out.logits))
+    rec.ids = ids
     later = ids.clone()
     later[:, -1] = (later[:, -1] + 1 - 3) % (vocab - 3) + 3
     with torch.no_grad():
@@ -180,6 +182,13 @@ def first_token(t, heads_layout: bool = False):
     if heads_layout or (t.dim() == 4 and t.shape[2] == SEQ and t.shape[1] != SEQ):
         return t[:, :, 0, :].reshape(t.shape[0], -1)
     return t[:, 0].reshape(t.shape[0], -1)
+
+
+def all_tokens(t, heads_layout: bool = False):
+    """(batch * seq, features) of (batch, seq, ...) or (``heads_layout``) (batch, heads, seq, dim)."""
+    if heads_layout or (t.dim() == 4 and t.shape[2] == SEQ and t.shape[1] != SEQ):
+        t = t.transpose(1, 2)
+    return t.reshape(t.shape[0] * t.shape[1], -1)
 
 
 def match_columns(src, dst) -> list[int] | None:

@@ -1,6 +1,7 @@
 """Spelling conventions as rule sets: convert text, and count how often a text follows them.
 
-A spelling task (pre-1918 Russian orthography, British English) is defined by
+A spelling task (pre-1918 Russian orthography, British English, deliberate
+misspellings, archaic English) is defined by
 rules, not by a list of examples, so the same rules make the training texts,
 the probes, and the score of free generations (:meth:`RuleSet.rate`). Every
 rule set maps a word in the *source* convention to the *target* one
@@ -13,8 +14,9 @@ the rules know nothing about and that carry no such marks are not counted, so
 the rate measures what the rules define — no more, and no reward for spraying
 the marks everywhere.
 
-``get("prereform_ru")`` and ``get("en_gb")`` return the two rule sets; see
-:class:`PrereformRussian` and :class:`BritishEnglish` for what they cover
+``get(name)`` returns a rule set (:func:`names` lists them); see
+:class:`PrereformRussian`, :class:`BritishEnglish`, :class:`Misspelling` and
+:class:`ArchaicEnglish` for what they cover
 and, as importantly, what they do not. The base class and the score live in
 ``base``, each convention in its own module, its word lists as data files
 under ``surgeon/data/spelling/``.
@@ -25,19 +27,24 @@ from __future__ import annotations
 import random
 from functools import cache
 
+from surgeon.study.spelling.archaic import ArchaicEnglish
 from surgeon.study.spelling.base import Change, RuleSet, SpellingError, SpellingScore
 from surgeon.study.spelling.en_gb import BritishEnglish
+from surgeon.study.spelling.misspell import Misspelling
 from surgeon.study.spelling.prereform_ru import PrereformRussian
 
-__all__ = ["BritishEnglish", "Change", "PrereformRussian", "RuleSet", "SpellingError", "SpellingScore", "get",
-           "names", "spelling_task"]
+__all__ = ["ArchaicEnglish", "BritishEnglish", "Change", "Misspelling", "PrereformRussian", "RuleSet", "SpellingError",
+           "SpellingScore", "get", "names", "spelling_task"]
 
-_REGISTRY = {"prereform_ru": PrereformRussian, "en_gb": BritishEnglish}
-_ALIASES = {"prereform": "prereform_ru", "pre1918_ru": "prereform_ru", "british": "en_gb", "en_us_gb": "en_gb"}
+_REGISTRY = {"prereform_ru": PrereformRussian, "en_gb": BritishEnglish, "misspell_en": Misspelling,
+             "archaic_en": ArchaicEnglish}
+_ALIASES = {"prereform": "prereform_ru", "pre1918_ru": "prereform_ru", "british": "en_gb", "en_us_gb": "en_gb",
+            "misspell": "misspell_en", "archaic": "archaic_en"}
 
 
 def get(name: str) -> RuleSet:
-    """The rule set called ``name`` (``prereform_ru``, ``en_gb``; one shared instance each)."""
+    """The rule set called ``name`` (``prereform_ru``, ``en_gb``, ``misspell_en``, ``archaic_en``; one shared
+    instance each)."""
     key = _ALIASES.get(name, name)
     if key not in _REGISTRY:
         raise SpellingError(f"unknown spelling rules {name!r}; known: {', '.join(sorted(_REGISTRY))}")

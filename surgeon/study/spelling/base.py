@@ -74,6 +74,11 @@ class RuleSet:
         """The source-convention spelling of a word written in either convention."""
         raise NotImplementedError
 
+    def source_words(self, words: list[str], seps: list[str]) -> list[str]:
+        """Source spellings of written words; override where a word's reading depends on its neighbours
+        (archaic ``art`` is ``are`` after ``thou`` and a noun elsewhere)."""
+        return [self.source_word(w) for w in words]
+
     def rules_of(self, source: str, target: str) -> tuple[str, ...]:
         """Names of the rules that turn ``source`` into ``target`` (for the per-rule breakdown)."""
         return ()
@@ -99,7 +104,7 @@ class RuleSet:
     def source(self, text: str) -> str:
         """``text`` (in either convention) respelled in the source convention."""
         ms = self.tokens(text)
-        return _join(text, ms, [self.source_word(m.group()) for m in ms])
+        return _join(text, ms, self.source_words(*self._split(text, ms)))
 
     def changes(self, text: str) -> list[Change]:
         """The words of a source-convention ``text`` that the rules respell (for building probes)."""
@@ -113,9 +118,8 @@ class RuleSet:
         s = SpellingScore()
         for text in texts:
             ms = self.tokens(text)
-            written = [m.group() for m in ms]
-            src = [self.source_word(w) for w in written]
-            _, seps = self._split(text, ms)
+            written, seps = self._split(text, ms)
+            src = self.source_words(written, seps)
             for g, a, t in zip(written, src, self._convert_words(src, seps)):
                 self._score_word(s, g, a, t, keep_misses)
         return s
