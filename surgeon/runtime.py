@@ -156,9 +156,11 @@ class Runtime:
         else:
             anchor = roles.get("mlp.down") or roles.get("mlp.router")
         if anchor is None and kind == "attn":
-            anchor = next(s["module"] for r, s in self.arch.fused.items() if r.startswith("attn."))
+            anchor = next((s["module"] for r, s in self.arch.fused.items() if r.startswith("attn.")), None)
         if anchor is None and kind == "mlp" and self.arch.experts:  # no router role: the experts' list's parent
             return self.arch.experts["module"].split(".{expert}")[0].rpartition(".")[0]
+        if anchor is None:
+            raise KeyError(f"layers.L.{kind}: no role of {self.arch.name} locates the block")
         return anchor.rpartition(".")[0]
 
     # ------------------------------------------------------------------ hooks
