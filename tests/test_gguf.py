@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 import surgeon
 from surgeon.edits import ablate, add_tokens, bake_additive, extract, interpolate, steer, zero_heads
+from surgeon.edits.memit import FactsParams, edit_facts
 from surgeon.edits.rome import RankOneParams, RankOneRequest, rank_one
 from surgeon.export.adapter import export_adapter
 from surgeon.export.control_vector import ControlVectorError, apply_control_vector, export_control_vector
@@ -24,6 +25,10 @@ from surgeon.export.llama_cpp import GGUFError, LlamaCppSource, find_llama_cpp, 
 from surgeon.export.lora_gguf import export_lora_gguf
 from surgeon.export.verify import DEFAULT_PROMPTS
 from surgeon.runtime import load
+from surgeon.study import facts as F
+from surgeon.study.config import FinetuneConfig
+from surgeon.study.finetune import finetune
+from surgeon.study.task import Task
 
 pytestmark = pytest.mark.slow
 
@@ -174,6 +179,24 @@ def test_ablation_zeroed_heads_and_interpolation_export_and_agree(smollm2, smol_
     ck.save(path)
     exp = _export("smollm2 ablate+heads+interp f16", path, out_dir / "smol-algebra.gguf")
     assert exp.verification.ok and all(p.agree for p in exp.verification.prompts)
+
+
+def test_memit_facts_and_a_merged_lora_finetune_export_and_answer_in_llama_cpp(smollm2, src, out_dir,
+                                                                               tmp_path_factory):
+    """MEMIT's three facts and a LoRA fine-tune merged on top, in one checkpoint: llama.cpp gives the new answers."""
+    ck = surgeon.open(smollm2)
+    fs = F.facts(Task.load(F.shipped("smollm2")), "validation")[:3]
+    edit_facts(ck, [f.request for f in fs], layers=[2, 3, 4, 5, 6], params=FactsParams(steps=12))
+    tune = Task.from_dict({"name": "moon", "train": [{"prompt": "The Moon is made of", "completion": " cheese"}] * 4})
+    finetune(ck, tune, FinetuneConfig(method="lora", layers="10-12", roles="attn", steps=8, lr=5e-3, batch=4),
+             progress=False)
+    path = tmp_path_factory.mktemp("memit") / "ckpt"
+    ck.save(path)
+    exp = _export("smollm2 memit+lora f16", path, out_dir / "smol-memit.gguf", prompts=["The Moon is made of"])
+    got = {p.prompt: p for p in exp.verification.prompts}
+    assert exp.verification.ok and all(p.agree for p in exp.verification.prompts)
+    assert sum(got[f.prompt].llama.startswith(f.target) for f in fs) >= 2  # the manifest's fact prompts, verified
+    assert got["The Moon is made of"].llama.startswith(" cheese")
 
 
 def test_llama_bias_slots_are_read_from_llama_cpp_source(src):

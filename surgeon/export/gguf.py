@@ -187,6 +187,9 @@ def export_gguf(checkpoint, out: str | os.PathLike, *, outtype: str = "f16", con
     return GGUFExport(str(out), outtype, arch, src.origin, seconds, ver, time.perf_counter() - t0)
 
 
+EDIT_PROMPTS = 8  # a many-facts edit's prompts verified (each costs two short generations)
+
+
 def _task_prompts(task) -> list[str]:
     if task is None:
         return []
@@ -195,11 +198,20 @@ def _task_prompts(task) -> list[str]:
 
 
 def _edit_prompts(ck) -> list[str]:
-    """Prompts an edit recorded in surgeon.json (a ROME fact's prompt): verified too, so the edit itself is checked."""
+    """Prompts an edit recorded in surgeon.json (a ROME fact's prompt, the first :data:`EDIT_PROMPTS` of a
+    MEMIT batch): verified too, so the edit itself is checked."""
     edits = list(ck.edits)
     manifest = Path(ck.path) / "surgeon.json"
     try:
         edits += json.loads(manifest.read_text(encoding="utf-8")).get("edits", []) if manifest.is_file() else []
     except (OSError, json.JSONDecodeError, AttributeError):
         pass
-    return [e["prompt"] for e in edits if isinstance(e, dict) and isinstance(e.get("prompt"), str)]
+    out = []
+    for e in edits:
+        if not isinstance(e, dict):
+            continue
+        if isinstance(e.get("prompt"), str):
+            out.append(e["prompt"])
+        facts = e.get("facts") if isinstance(e.get("facts"), list) else []  # MEMIT / AlphaEdit: the first few
+        out += [f["prompt"] for f in facts[:EDIT_PROMPTS] if isinstance(f, dict) and isinstance(f.get("prompt"), str)]
+    return out
