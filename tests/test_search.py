@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import optuna
 import pytest
@@ -143,6 +144,31 @@ def test_map_row_names_the_best_site_the_runner_up_and_judges_the_advice():
     wrong = Task.from_dict({**TASK, "map": {"behaviour": "facts", "advice": "LoRA early", "advice_arm": "lora"}})
     assert entry(report, wrong)["verdict"] == "advice fails by 0.35 (lora 0.60, rome 0.95)"
     md = markdown([row])
-    assert "| facts | mid-layer MLPs | `edit:rome.py layer=5 t1` | 0.95 | lora 0.60 | advice holds" in md
+    assert "| facts | – | mid-layer MLPs | `edit:rome.py layer=5 t1` | 0.95 | lora 0.60 | advice holds" in md
     with pytest.raises(Exception, match="map: unknown key"):
         Task.from_dict({**TASK, "map": {"advise": "x"}})
+
+
+def test_map_reads_back_finished_reports_and_runs_each_task_on_its_own_model(tmp_path, smollm2, monkeypatch):
+    """A map that stopped resumes: a task whose report exists for the same model, budget and seeds is read,
+    not run; a task's map entry picks its model (a fixture name) over --model."""
+    from surgeon.study import map as map_mod
+
+    task = Task.from_dict({**TASK, "name": "facts", "map": {"behaviour": "facts", "advice": "mid-layer MLPs",
+                                                            "advice_arm": "rome", "model": "smollm2"}})
+    assert map_mod.task_model(task, "/elsewhere") == Path(smollm2)
+    bare = Task.from_dict({**TASK, "name": "bare"})
+    assert map_mod.task_model(bare, tmp_path) == tmp_path.absolute()
+    with pytest.raises(Exception, match="names no model and no --model"):
+        map_mod.task_model(bare, None)
+    report = {"model": str(Path(smollm2)), "budget": 2, "seeds": 1,
+              "search": {"rome": _family({0.05: 0.9}, "edit:rome.py layer=5")}}
+    (tmp_path / "facts").mkdir()
+    (tmp_path / "facts" / "report.json").write_text(json.dumps(report))
+    ran = []
+    monkeypatch.setattr(map_mod, "compare_tuned", lambda *a, **k: ran.append(a) or report)
+    rows = map_mod.run_map(None, [task], tmp_path, budget=2, seeds=1, progress=False)
+    assert not ran and rows[0]["best"]["family"] == "rome" and rows[0]["model"] == Path(smollm2).name
+    map_mod.run_map(None, [task], tmp_path, budget=3, seeds=1, progress=False)  # another budget: run again
+    assert len(ran) == 1 and ran[0][1] == Path(smollm2)
+    assert "| facts | " + Path(smollm2).name + " |" in (tmp_path / "map.md").read_text()

@@ -79,7 +79,8 @@ def compare(task, model, arms, out, keep_checkpoints, overwrite, timeout, budget
 
 
 @click.command("map")
-@click.option("--model", required=True, type=click.Path(), help="The original checkpoint.")
+@click.option("--model", default=None, type=click.Path(),
+              help="The checkpoint for tasks whose map entry names no model of its own.")
 @click.option("--tasks", "tasks", multiple=True, required=True, help="Task files (repeat, or comma-separated).")
 @click.option("--out", required=True, type=click.Path(),
               help="Directory: map.md, map.json, map.png, one report per task.")

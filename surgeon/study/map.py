@@ -10,16 +10,24 @@ whether the common advice for that behaviour holds.
 A task declares its entry in a ``"map"`` object (docs/tasks.md)::
 
     "map": {"behaviour": "facts", "advice": "mid-layer MLPs", "advice_arm": "rome",
-            "arms": ["none", "rome=edit:examples/fact_edit/rome_arm.py", "lora=lora roles=attn+mlp"]}
+            "arms": ["none", "rome=edit:examples/fact_edit/rome_arm.py", "lora=lora roles=attn+mlp"],
+            "model": "smollm2"}
 
-Without one, the arms are :data:`DEFAULT_ARMS` and the advice is not judged.
+Without one, the arms are :data:`DEFAULT_ARMS` and the advice is not judged. ``model`` (a
+fixture name or a path) runs the task on the model it is written for (pre-reform Russian on
+Gemma-3, the English tasks on SmolLM2); without it, the map's ``--model``. A task whose report
+already exists for the same model, budget and seeds is read back, not run again, so a map
+that stopped resumes at the task it was on.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+from surgeon.errors import SurgeonError
+from surgeon.fixtures import FIXTURES, fixture
 from surgeon.study.task import Task
 from surgeon.study.tuned import compare_tuned
 
@@ -41,8 +49,10 @@ def entry(report: dict, task: Task, level: float = LEVEL) -> dict:
                         "sd": sd.get("success_sd"), "kl": sd.get("kl_mean"), "trial": n})
     got.sort(key=lambda g: -g["success"])
     best, second = (got + [None, None])[:2]
-    return {"behaviour": spec.get("behaviour", task.name), "advice": spec.get("advice"), "level": level,
-            "best": best, "runner_up": second, "verdict": verdict(spec.get("advice_arm"), got)}
+    model = Path(report["model"]).name if report.get("model") else None
+    return {"behaviour": spec.get("behaviour", task.name), "model": model,
+            "advice": spec.get("advice"), "level": level, "best": best, "runner_up": second,
+            "verdict": verdict(spec.get("advice_arm"), got)}
 
 
 def verdict(advice_arm: str | None, got: list[dict]) -> str:
@@ -60,15 +70,16 @@ def verdict(advice_arm: str | None, got: list[dict]) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| behaviour | common advice | best at KL ≤ {lvl:g} (site and method) | test success (gen) | runner-up "
-            "| verdict |\n|---|---|---|---|---|---|")
+    head = ("| behaviour | model | common advice | best at KL ≤ {lvl:g} (site and method) | test success (gen) "
+            "| runner-up | verdict |\n|---|---|---|---|---|---|---|")
     lines = [head.format(lvl=rows[0]["level"] if rows else LEVEL)]
     for r in rows:
         b, s = r["best"], r["runner_up"]
         succ = "–" if not b else f"{b['success']:.2f}" + (f" ± {b['sd']:.2f}" if b.get("sd") else "")
         site = "–" if not b else "`" + b["site"] + "`"
         runner = "–" if not s else f"{s['family']} {s['success']:.2f}"
-        lines.append(f"| {r['behaviour']} | {r['advice'] or '–'} | {site} | {succ} | {runner} | {r['verdict']} |")
+        lines.append(f"| {r['behaviour']} | {r.get('model') or '–'} | {r['advice'] or '–'} | {site} | {succ} "
+                     f"| {runner} | {r['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -106,10 +117,36 @@ def run_map(model, tasks: list, out_dir, *, budget: int, seeds: int = 1, overwri
     for t in tasks:
         task = t if isinstance(t, Task) else Task.load(t)
         arms = (task.map or {}).get("arms") or DEFAULT_ARMS
-        report = compare_tuned(task, model, arms, out / task.name, budget=budget, seeds=seeds, overwrite=overwrite,
-                               progress=progress)
+        where = task_model(task, model)
+        report = finished(out / task.name, where, budget, seeds)
+        if report is None:
+            report = compare_tuned(task, where, arms, out / task.name, budget=budget, seeds=seeds,
+                                   overwrite=overwrite, progress=progress)
+        elif progress:
+            print(f"map: {task.name}: reading the finished report in {out / task.name}", file=sys.stderr)
         rows.append(entry(report, task))
     (out / "map.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "map.md").write_text(f"# Map of intervention on {Path(model).name}\n\n{markdown(rows)}", encoding="utf-8")
+    models = ", ".join(dict.fromkeys(r["model"] for r in rows if r.get("model")))
+    (out / "map.md").write_text(f"# Map of intervention on {models}\n\n{markdown(rows)}", encoding="utf-8")
     plot(rows, out / "map.png")
     return rows
+
+
+def task_model(task: Task, default) -> Path:
+    """The model a task runs on: its map entry's ``model`` (a fixture name or a path), else ``default``."""
+    name = (task.map or {}).get("model")
+    if not name:
+        if default is None:
+            raise SurgeonError(f"task {task.name}: its map entry names no model and no --model was given")
+        return Path(default).absolute()
+    return Path(fixture(name)) if name in FIXTURES else Path(name).absolute()
+
+
+def finished(folder: Path, model: Path, budget: int, seeds: int) -> dict | None:
+    """A task's report already written for this model, budget and seeds, else None."""
+    try:
+        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    same = (report.get("budget"), report.get("seeds"), report.get("model")) == (budget, seeds, str(model))
+    return report if same and "search" in report else None

@@ -197,12 +197,13 @@ def _probes(doc: dict, where: str) -> dict:
 
 
 def _map(v, where: str) -> dict:
-    """``surgeon map``'s entry: the behaviour's name, the common advice, the arm that embodies it, the arms."""
+    """``surgeon map``'s entry: the behaviour's name, the common advice, the arm that embodies it, the arms,
+    and the model the task is written for (a fixture name such as ``gemma3``, or a path)."""
     if not isinstance(v, dict):
         raise TaskError(f"{where}: map must be an object")
-    _keys(v, {"behaviour", "advice", "advice_arm", "arms"}, f"{where}: map")
-    if not all(isinstance(v.get(k, ""), str) for k in ("behaviour", "advice", "advice_arm")):
-        raise TaskError(f"{where}: map: behaviour, advice and advice_arm are strings")
+    _keys(v, {"behaviour", "advice", "advice_arm", "arms", "model"}, f"{where}: map")
+    if not all(isinstance(v.get(k, ""), str) for k in ("behaviour", "advice", "advice_arm", "model")):
+        raise TaskError(f"{where}: map: behaviour, advice, advice_arm and model are strings")
     arms = v.get("arms", [])
     if not (isinstance(arms, list) and all(isinstance(a, str) and a for a in arms)):
         raise TaskError(f"{where}: map: arms must be a list of arm specs (NAME=SPEC)")
