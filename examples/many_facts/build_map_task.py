@@ -51,6 +51,7 @@ def main() -> None:
         "specificity": test_neighbours,
         "neutral": {"corpus": "neutral_en", "texts": 16, "from": "end"},
         "map": {"behaviour": "facts", "advice": "mid-layer MLPs (ROME, MEMIT)", "advice_arm": "memit",
+                "model": "smollm2",
                 "arms": ["none", "memit=edit:examples/many_facts/edit.py",
                          "ft_l=full roles=mlp.down", "lora=lora roles=attn+mlp"]},
         "validation": {

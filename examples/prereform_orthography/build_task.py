@@ -43,7 +43,7 @@ task["validation"] = {
 }
 # surgeon map's entry (run from the repository root): the common advice and the arms that test it
 task["map"] = {"behaviour": task["name"], "advice": "LoRA on layers 0-6 with historical data",
-               "advice_arm": "lora_early",
+               "advice_arm": "lora_early", "model": "gemma3",
                "arms": ["none", "tokens=edit:examples/prereform_orthography/tokens_arm.py",
                         "lora_early=lora layers=0-6 roles=attn+mlp", "lora=lora roles=attn+mlp"]}
 (HERE / "task.json").write_text(json.dumps(task, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

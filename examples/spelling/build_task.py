@@ -49,6 +49,7 @@ task["validation"] = {
 }
 # surgeon map's entry (run from the repository root): the common advice and the arms that test it
 task["map"] = {"behaviour": task["name"], "advice": "LoRA on early layers (0-6)", "advice_arm": "lora_early",
+               "model": "smollm2",
                "arms": ["none",
                         "tokens=edit:examples/prereform_orthography/tokens_arm.py rules=en_gb words=400 boost=0.1",
                         "lora_early=lora layers=0-6 roles=attn+mlp", "lora=lora roles=attn+mlp"]}
