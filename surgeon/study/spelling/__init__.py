@@ -69,8 +69,13 @@ def _probe(rs: RuleSet, sentence: str, rng: random.Random) -> dict | None:
     if not ch:
         return None
     c = rng.choice(ch)
+    # the rest as the whole sentence converts (rules that read the words before, archaic "Wouldst thou like",
+    # see them), found by word index; convert keeps the words' number
+    whole, words = rs.convert(sentence), [m.start() for m in rs.tokens(sentence)]
+    at = [m.start() for m in rs.tokens(whole)]
+    rest = whole[at[words.index(c.start)]:] if len(at) == len(words) else rs.convert(sentence[c.start:])
     return {"prompt": sentence[:c.start - 1], "target": " " + c.target, "original": " " + c.source,
-            "_rest": " " + rs.convert(sentence[c.start:])}
+            "_rest": " " + rest}
 
 
 def _public(p: dict) -> dict:
