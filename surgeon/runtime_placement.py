@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from surgeon.errors import UnknownArchitecture
+
 if TYPE_CHECKING:  # torch loads when a model is built, not when the CLI parses --max-memory
     import torch
 
@@ -59,16 +61,17 @@ def load_model(d, dtype, layers: int | None, device_map, max_memory, offload_fol
     upper layers' tensors and never reads them from the safetensors files.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     kw = {"dtype": dtype}
     if device_map is not None:
         kw.update(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
-    if layers is None:
-        return AutoModelForCausalLM.from_pretrained(d, **kw)
     config = AutoConfig.from_pretrained(d)
+    auto = _auto_class(config, d)
+    if layers is None:
+        return auto.from_pretrained(d, **kw)
     text = config.get_text_config()
     text.num_hidden_layers = layers
     if isinstance(getattr(text, "layer_types", None), list):
@@ -76,9 +79,22 @@ def load_model(d, dtype, layers: int | None, device_map, max_memory, offload_fol
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "weights not used" lists every upper-layer tensor: that is the point
     try:
-        return AutoModelForCausalLM.from_pretrained(d, config=config, **kw)
+        return auto.from_pretrained(d, config=config, **kw)
     finally:
         hf_logging.set_verbosity(level)
+
+
+def _auto_class(config, d):
+    """AutoModelForCausalLM, else AutoModelForImageTextToText (a multimodal wrapper such as Llava, run on text)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto import modeling_auto as auto
+
+    if config.model_type in auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForCausalLM
+    if config.model_type in auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return AutoModelForImageTextToText
+    raise UnknownArchitecture(f"{d}: transformers has no causal-LM or image-text-to-text class for model_type "
+                              f"{config.model_type!r}, so it cannot be run (inspect, edits and save work)")
 
 
 def input_device(model) -> torch.device:

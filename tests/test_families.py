@@ -289,7 +289,7 @@ def _uniform_attention_output(ck, rt, x, layer: int = 0):
     is scaled by ``n / (n + exp(sink))``. A ``module.sliding_window`` shorter than the prompt limits the
     keys a position sees to the window.
     """
-    cfg = rt.model.config
+    cfg = rt.model.config.get_text_config()  # a multimodal wrapper: its text tower's
     att = rt.module(f"layers.{layer}.attn")
     heads = cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads

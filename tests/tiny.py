@@ -95,3 +95,37 @@ def build_any(model_type: str, out: str | Path, seed: int = 0, **overrides) -> P
     model.save_pretrained(out)
     byte_tokenizer().save_pretrained(out)
     return Path(out)
+
+
+def build_wrapped(model_type: str, out: str | Path, seed: int = 0, memory_names: bool = False,
+                  **text_overrides) -> Path:
+    """A tiny multimodal wrapper (``gemma3``, ``llava``, ...): every sub-config shrunk, saved like a user's.
+
+    ``memory_names``: write the tensors under the names of the loaded model (``model.language_model.*``,
+    as transformers 4.52-4.57 saved them) instead of the legacy names save_pretrained writes
+    (``language_model.model.*``). ``text_overrides`` go into the text sub-config.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CONFIG_MAPPING, AutoModelForImageTextToText
+
+    from surgeon.roles.shrink import shrink
+
+    torch.manual_seed(seed)
+    cls = CONFIG_MAPPING[model_type]
+    doc = cls().to_dict()
+    for key in cls.sub_configs:
+        doc[key] = shrink(doc[key], 2)
+    doc["text_config"].update(text_overrides)
+    model = AutoModelForImageTextToText.from_config(cls.from_dict(shrink(doc)))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    model.save_pretrained(out)
+    if memory_names:
+        (Path(out) / "model.safetensors").unlink()
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()
+                   if not (k == "lm_head.weight" and model.config.tie_word_embeddings)},
+                  str(Path(out) / "model.safetensors"), metadata={"format": "pt"})
+    byte_tokenizer().save_pretrained(out)
+    return Path(out)

@@ -233,7 +233,8 @@ def zero_heads(ck, layer: int, heads) -> str:
         w = ck[key]
     except RoleError:
         raise EditError(f"{key}: no attention output projection in this checkpoint") from None
-    n_heads = ck.config.get("num_attention_heads") or ck.config.get("n_head")
+    cfg = ck.architecture.settings(ck.config) if ck.architecture else ck.config  # a wrapper's: its text config
+    n_heads = cfg.get("num_attention_heads") or cfg.get("n_head")
     if not n_heads or w.shape[1] % n_heads:
         raise EditError(f"{key}: cannot split {w.shape[1]} input columns into {n_heads} heads")
     head_dim = w.shape[1] // n_heads

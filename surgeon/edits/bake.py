@@ -85,10 +85,10 @@ def _add_bias(ck, arch, role: str, weight: str, value: torch.Tensor) -> tuple[st
         raise EditError(
             f"{key}: {arch.name} checkpoints cannot carry a bias on {role}: transformers has no config flag that "
             f"adds one (bias_flags in surgeon/roles/architectures/{arch.name}.json)")
-    if ck.config.get(flag):
+    if arch.settings(ck.config).get(flag):
         raise EditError(f"{key}: config {flag} is already true but the tensor is missing; "
                         "the checkpoint is inconsistent")
-    ck.config[flag] = True
+    arch.own_config(ck.config)[flag] = True  # a wrapper's text flags live in its text sub-config
     zeros = 0
     for i in range(ck.num_layers):
         for r in bias_flags(arch)[flag]:

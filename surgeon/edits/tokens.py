@@ -212,7 +212,7 @@ def _grow_rows(ck, added, pieces, kind, copy_id, old_len, pad_to_multiple_of) ->
             ck.set_rows(key, old_rows, new)
         del new
     vkey = ck.architecture.config.get("vocab_size", "vocab_size")
-    ck.config[vkey] = rows
+    ck.architecture.own_config(ck.config)[vkey] = rows  # a wrapper's vocabulary lives in its text sub-config
     return old_rows, rows
 
 

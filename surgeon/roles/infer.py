@@ -25,6 +25,7 @@ from surgeon.roles.fused import derived, fused_spec
 from surgeon.roles.shrink import shrink
 from surgeon.roles.table import Architecture, find_table, supported_model_types
 from surgeon.roles.trace import build, same, trace
+from surgeon.roles.wrapped import wrap_architecture
 
 _CACHE: dict[str, Architecture | UnknownArchitecture] = {}
 
@@ -74,13 +75,11 @@ def _infer(config: dict) -> Architecture:
     mt = config["model_type"]
     if mt not in CONFIG_MAPPING:
         raise UnknownArchitecture(f"transformers {transformers.__version__} has no model_type {mt!r}")
-    if mt not in CAUSAL:
+    if mt not in CAUSAL and not getattr(CONFIG_MAPPING[mt], "sub_configs", None):
         raise UnknownArchitecture(f"transformers has no causal-LM class for {mt!r}")
     cls = CONFIG_MAPPING[mt]
     if getattr(cls, "sub_configs", None):
-        raise UnknownArchitecture(
-            f"a composite config ({', '.join(cls.sub_configs)}): only a plain text decoder is inferred"
-        )
+        return wrap_architecture(config, _text_tower)
     full = cls.from_dict(config)
     if getattr(full, "is_encoder_decoder", False):
         raise UnknownArchitecture("an encoder-decoder family")
@@ -108,6 +107,18 @@ def _infer(config: dict) -> Architecture:
     _drop_non_linear(model, rec, found)
     disk = _disk_names(model)
     return _assemble(config, small_cfg, full, skeleton, model, layers, found, disk, offset, rec)
+
+
+def _text_tower(config: dict) -> Architecture:
+    """A wrapped text tower's table: bundled, else inferred (its own refusal says why not)."""
+    try:
+        return find_table(config)
+    except UnknownArchitecture:
+        pass
+    try:
+        return infer_architecture(config)
+    except UnknownArchitecture as why:
+        raise UnknownArchitecture(f"its {config.get('model_type')} text tower has no roles: {why}") from None
 
 
 def _layer_list(model) -> str | None:
@@ -359,6 +370,9 @@ def table_json(arch: Architecture) -> dict:
         "loaded_names": arch.loaded_names,
         "bias_flags": arch.bias_flags,
         "norm_offset": arch.norm_offset,
+        "text_config": arch.text_config,
+        "text_defaults": arch.text_defaults,
+        "aliases": arch.aliases,
     }
     doc.update({k: v for k, v in optional.items() if v})
     Architecture.from_json(arch.name, json.loads(json.dumps(doc)))  # a table that would not load is a bug here

@@ -95,3 +95,35 @@ def describe(kind: dict, show_rope: bool) -> str:
     )
     rope = f" · rope {kind['rope_theta']:g}" if show_rope and kind.get("rope_theta") is not None else ""
     return f"{att} · {kind['mlp']}{rope}"
+
+
+def checkpoint_kinds(ck) -> list[dict]:
+    """:func:`layer_kinds` of an opened checkpoint (a wrapper's text tower included); [] without roles."""
+    arch = ck.architecture
+    if arch is None:
+        return []
+    moe = {r.layer for r in ck.roles.by_key.values() if r.expert is not None} if arch.experts else None
+    return layer_kinds(arch.settings(ck.config), ck.num_layers, moe)
+
+
+def tags(kinds: list[dict]) -> list[str]:
+    """Per layer, a short name of what sets it apart (``full`` / ``sliding``; ``moe`` / ``dense`` where MLPs
+    differ); all empty when every layer is alike. Marks for a layer axis (locate's heatmap, reports)."""
+    if not kinds:
+        return []
+    differ = [k for k in ("attention", "mlp") if len({kind.get(k) for kind in kinds}) > 1]
+    return [" ".join(str(kind[k]) for k in differ) for kind in kinds]
+
+
+def span_label(kinds: list[dict], layers: list[int]) -> str:
+    """``sliding ×6, full ×1``: the kinds ``layers`` cover, in order of first appearance; "" if all alike."""
+    return count_tags(tags(kinds), layers)
+
+
+def count_tags(names: list[str], layers) -> str:
+    """:func:`span_label` from per-layer :func:`tags` already computed."""
+    counts: dict[str, int] = {}
+    for i in layers:
+        if 0 <= i < len(names) and names[i]:
+            counts[names[i]] = counts.get(names[i], 0) + 1
+    return ", ".join(f"{k} ×{n}" for k, n in counts.items())

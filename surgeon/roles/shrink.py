@@ -34,6 +34,7 @@ SIZES = {
     "head_dim": 16,
     "kv_channels": 16,
     "vocab_size": 256,
+    "vocab_size_per_layer_input": 256,  # Gemma-3n: per-layer embeddings, 35 × 262144 rows at full size
     "max_position_embeddings": 128,
     "n_positions": 128,
     "n_ctx": 128,

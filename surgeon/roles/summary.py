@@ -49,6 +49,7 @@ def summarize(ck) -> dict:
     experts = sorted({t["expert"] for t in tensors if t["expert"] is not None})
     n_layers = ck.num_layers if arch else None
     moe = {t["layer"] for t in tensors if t["expert"] is not None} if arch else None
+    text = arch.settings(cfg) if arch else cfg  # a wrapped text tower's sub-config, else config.json
     return {
         "path": str(ck.path),
         "model_type": cfg.get("model_type"),
@@ -58,8 +59,9 @@ def summarize(ck) -> dict:
         "warning": None if arch else f"no roles: {ck.unknown_reason}",
         "notes": arch.doc if arch else None,
         "num_layers": ck.num_layers if arch else None,
-        "hidden_size": cfg.get(arch.config["hidden_size"]) if arch else cfg.get("hidden_size"),
-        "vocab_size": cfg.get(arch.config["vocab_size"]) if arch else cfg.get("vocab_size"),
+        "text_tower": _tower(arch),
+        "hidden_size": text.get(arch.config["hidden_size"]) if arch else cfg.get("hidden_size"),
+        "vocab_size": text.get(arch.config["vocab_size"]) if arch else cfg.get("vocab_size"),
         "embedding_rows": embed_rows,
         "tied_embeddings": tied,
         "num_experts": table.num_experts if table and experts else None,
@@ -67,10 +69,18 @@ def summarize(ck) -> dict:
         "total_bytes": sum(e.nbytes for e in ck.entries.values()),
         "num_tensors": len(ck.entries),
         "files": sorted(ck.shards),
-        "layers": layer_kinds(cfg, n_layers, moe if arch.experts else None) if n_layers else [],
+        "layers": layer_kinds(text, n_layers, moe if arch.experts else None) if n_layers else [],
         "unclassified": sorted(table.unclassified) if table else sorted(ck.entries),
         "tensors": tensors,
     }
+
+
+def _tower(arch) -> dict | None:
+    """Where a multimodal wrapper keeps its text model: module path, config.json key, text family."""
+    if not arch or not arch.text_config:
+        return None
+    return {"module": arch.layer.rpartition(".layers")[0], "config": arch.text_config,
+            "model_type": arch.text_defaults.get("model_type")}
 
 
 # table columns: layer roles in vocabulary order, each MoE expert role right after the router
@@ -132,6 +142,8 @@ def _header_lines(doc: dict) -> list[str]:
         f"  layers {doc['num_layers']}  hidden {doc['hidden_size']}  vocab {doc['vocab_size']}"
         f" (embedding rows {doc['embedding_rows']})  tied embeddings {'yes' if doc['tied_embeddings'] else 'no'}",
         *([f"  {doc['notes']}"] if doc.get("notes") else []),
+        *([f"  text tower {t['module']} (config.json {t['config']}); the other towers' tensors have no roles"]
+          if (t := doc.get("text_tower")) else []),
         f"  {doc['num_tensors']} tensors in {len(doc['files'])} file(s), {doc['total_bytes']:,} bytes ({gib:.2f} GiB), "
         + ", ".join(f"{k} {v}" for k, v in sorted(doc["dtypes"].items())),
     ]

@@ -74,6 +74,11 @@ class Architecture:
     norm_offset: float = 0.0  # norms scale by (norm_offset + weight): 1.0 for Gemma's RMSNorm
     source: str = "table"  # "table" (architectures/*.json) or "inferred" (surgeon.roles.infer)
     doc: str = ""  # what is special about the family, in prose
+    # a text tower inside a multimodal wrapper (surgeon.roles.wrapped): the config.json key of its sub-config,
+    # which ``config``/``derived``/``fused`` names refer to, filled in with transformers' defaults
+    text_config: str = ""
+    text_defaults: dict = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # stored-name prefix -> module prefix in the model
 
     @classmethod
     def from_json(cls, name: str, doc: dict) -> Architecture:
@@ -94,10 +99,23 @@ class Architecture:
         formulas (Phi-3's config has no head_dim). Only names, integers, the
         four arithmetic operators and ``or`` are allowed.
         """
-        return _eval(ast.parse(expr, mode="eval").body, config, self.derived, expr)
+        return _eval(ast.parse(expr, mode="eval").body, self.settings(config), self.derived, expr)
+
+    def settings(self, config: dict) -> dict:
+        """Where this table's config names are read: config.json itself, or a wrapped text tower's sub-config.
+
+        ``tie`` is the exception (:meth:`tied`): transformers ties a wrapper's head by its top-level flag.
+        """
+        if not self.text_config:
+            return config
+        return {**self.text_defaults, **(config.get(self.text_config) or {})}
+
+    def own_config(self, config: dict) -> dict:
+        """The dict of config.json that holds this table's keys, for writing one (a wrapper's text sub-config)."""
+        return config.setdefault(self.text_config, {}) if self.text_config else config
 
     def num_layers(self, config: dict) -> int | None:
-        return config.get(self.config["num_layers"])
+        return self.settings(config).get(self.config["num_layers"])
 
     def num_experts(self, config: dict) -> int | None:
         """Experts per MoE layer (``experts.count``), None for a dense family."""
@@ -115,7 +133,7 @@ class Architecture:
         no candidate exists (e.g. one expert of an MoE layer that transformers
         fuses into a single 3-D parameter).
         """
-        renamed = path
+        renamed = self.unalias(path)
         for old, new in self.loaded_names.items():
             renamed = re.sub(rf"(^|\.){re.escape(old)}(?=\.|$)", rf"\g<1>{new}", renamed)
         candidates = [path, renamed]
@@ -123,6 +141,14 @@ class Architecture:
             candidates += [f"{self.base_prefix}.{c}" for c in (path, renamed)
                            if not c.startswith(self.base_prefix + ".")]
         return next((c for c in candidates if c in modules), None)
+
+    def unalias(self, name: str) -> str:
+        """A stored name in the model's own spelling: a wrapper's legacy prefix (``language_model.model.``)
+        replaced by the module path transformers loads it to (``model.language_model.``); else unchanged."""
+        for old in sorted(self.aliases, key=len, reverse=True):
+            if name == old or name.startswith(old + "."):
+                return self.aliases[old] + name[len(old):]
+        return name
 
     def config_names(self) -> set[str]:
         """Every config.json key this table reads (derived names excluded)."""
@@ -143,7 +169,7 @@ REQUIRED = tuple(f.name for f in fields(Architecture) if f.name != "name" and f.
 OPTIONAL = tuple(f.name for f in fields(Architecture) if f.name != "name" and f.name not in REQUIRED)
 _COERCE = {"model_types": tuple, "architectures": tuple, "tie_default": bool, "config": dict, "top": dict,
            "roles": dict, "fused": dict, "derived": dict, "transposed": bool, "loaded_names": dict,
-           "bias_flags": dict, "norm_offset": float}
+           "bias_flags": dict, "norm_offset": float, "text_defaults": dict, "aliases": dict}
 
 
 def _validate(name: str, doc: dict) -> None:
@@ -279,6 +305,8 @@ class RoleTable:
             refs = self._classify(name, name)
             if not refs and prefix and not name.startswith(prefix):
                 refs = self._classify(prefix + name, name)  # saved from the base model (original GPT-2 files)
+            if not refs and arch.aliases and arch.unalias(name) != name:
+                refs = self._classify(arch.unalias(name), name)  # a wrapper's legacy names (language_model.model.)
             if not refs:
                 self.unclassified.append(name)
             for ref in refs:

@@ -11,6 +11,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from surgeon.errors import SurgeonError
+from surgeon.io.checkpoint import open_checkpoint
+from surgeon.roles.layers import checkpoint_kinds, count_tags, tags
+from surgeon.study.config import parse_layers
+
 COLUMNS = [  # (metric key, header, format)
     ("efficacy", "efficacy", "{:.2f}"),
     ("efficacy_p", "P(target)", "{:.2f}"),
@@ -50,7 +55,8 @@ def markdown(report: dict) -> str:
         cells += [f"{c['wall_s']:.1f}", "–" if c["peak_rss_mb"] is None else f"{c['peak_rss_mb']:.0f}",
                   f"{c['params_changed']:,}", f"{c['bytes_written'] / 1e6:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    specs = "\n".join(f"- `{r['name']}`: `{r['spec']}`{_resolved(r)}" for r in report["arms"])
+    kinds = _layer_tags(report)
+    specs = "\n".join(f"- `{r['name']}`: `{r['spec']}`{_resolved(r)}{_kinds(r, kinds)}" for r in report["arms"])
     n = report["counts"]
     split = " (test split)" if report.get("search") is not None else ""
     return (f"# {report['task']} on {Path(report['model']).name}\n\n" + "\n".join(lines) + "\n\n"
@@ -123,6 +129,34 @@ def _resolved(row: dict) -> str:
     got = [f"{s['params']['layers_from']} resolved to {_span(s['params']['layers'])}"
            for s in row.get("stages", []) if s.get("params", {}).get("layers_from")]
     return f" (layers={'; '.join(got)})" if got else ""
+
+
+def _layer_tags(report: dict) -> list[str]:
+    """Per layer of the compared model, what sets it apart (``full`` / ``sliding``; surgeon.roles.layers),
+    from the report if it recorded them, else from the model's config.json; [] if it cannot be read."""
+    if "layer_tags" in report:
+        return report["layer_tags"]
+    try:
+        return tags(checkpoint_kinds(open_checkpoint(report["model"])))
+    except (SurgeonError, OSError, KeyError):
+        return []
+
+
+def _kinds(row: dict, kinds: list[str]) -> str:
+    """`` — layers 0-6: sliding ×6, full ×1`` for an arm acting on layers of more than one kind."""
+    for stage in row.get("stages", []):
+        params = stage.get("params", {})
+        spec = params.get("layers", params.get("layer"))
+        if spec is None or not any(kinds):
+            continue
+        try:
+            layers = parse_layers(spec if not isinstance(spec, int) else [spec], len(kinds))
+        except (SurgeonError, ValueError, TypeError):
+            continue
+        label = count_tags(kinds, layers)
+        if label:
+            return f" — layer{'s' if len(layers) > 1 else ''} {_span(layers)}: {label}"
+    return ""
 
 
 def _span(layers: list[int]) -> str:

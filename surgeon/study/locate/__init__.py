@@ -44,6 +44,7 @@ import json
 import time
 from pathlib import Path
 
+from surgeon.roles.layers import checkpoint_kinds, tags
 from surgeon.runtime import Runtime, load
 from surgeon.study.locate.gradient import gradient
 from surgeon.study.locate.patching import POSITIONS, patching
@@ -98,7 +99,8 @@ def locate(ck_or_path, task: Task | str | Path, *, method: str = "both", example
     t0 = time.perf_counter()
     rt = ck_or_path if isinstance(ck_or_path, Runtime) else load(ck_or_path)
     path = getattr(rt.ck, "path", None)
-    res = LocateResult(task=task.name, model=Path(path).name if path else "model", num_layers=rt.num_layers, mass=mass)
+    res = LocateResult(task=task.name, model=Path(path).name if path else "model", num_layers=rt.num_layers, mass=mass,
+                       layer_kinds=tags(checkpoint_kinds(rt.ck))[: rt.num_layers])
     profiles = {}
     if method in ("grad", "both"):
         a = gradient(rt, task, examples)

@@ -31,6 +31,12 @@ def _patch_panel(ax, r, t):
     return im
 
 
+def axis_labels(r) -> list[str]:
+    """The layer axis' tick labels: ``5 full`` / ``6 sliding`` where layers differ in kind, else ``5``."""
+    kinds = r.layer_kinds if len(r.layer_kinds) == r.num_layers else [""] * r.num_layers
+    return [f"{i} {k}" if k else str(i) for i, k in enumerate(kinds)]
+
+
 def save_png(r, path) -> Path:
     """Heatmaps of a :class:`LocateResult` ``r`` (layers on the vertical axis) with the suggested range marked."""
     import matplotlib
@@ -45,8 +51,8 @@ def save_png(r, path) -> Path:
     for ax, (kind, m) in zip(axes[0], panels):
         t = torch.tensor(m, dtype=torch.float32)
         im = _grad_panel(ax, r, t) if kind == "grad" else _patch_panel(ax, r, t)
-        ax.set_yticks(range(r.num_layers), [str(i) for i in range(r.num_layers)], fontsize=7)
-        ax.set_ylabel("layer")
+        ax.set_yticks(range(r.num_layers), axis_labels(r), fontsize=7)
+        ax.set_ylabel("layer" + (" (kind where layers differ)" if any(r.layer_kinds) else ""))
         if r.suggested:
             a, b = r.suggested
             for y in (a - 0.5, b + 0.5):

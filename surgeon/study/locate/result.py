@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from surgeon.roles.layers import count_tags
 from surgeon.study.locate import plot
 from surgeon.study.locate.probes import SITES
 
@@ -36,6 +37,7 @@ class LocateResult:
     suggested_by: dict[str, str] = field(default_factory=dict)  # each method's own range
     mass: float = 0.5
     seconds: float = 0.0
+    layer_kinds: list[str] = field(default_factory=list)  # per layer what sets it apart (full / sliding ...), or []
 
     @property
     def suggested_layers(self) -> str | None:
@@ -60,7 +62,7 @@ class LocateResult:
                 "position": self.patch_position, "positions": self.patch_positions,
                 "clean_p": self.patch_clean_p, "corrupt_p": self.patch_corrupt_p,
                 "restored_last_residual_p": self.patch_restored_p},
-            "seconds": self.seconds,
+            "seconds": self.seconds, "layer_kinds": self.layer_kinds,
         }
 
     def save_json(self, path) -> Path:
@@ -114,7 +116,7 @@ class LocateResult:
             row += " " * len("gradient |grad⊙W| by role:") + cells + f"  {100 * share[L]:5.1f}%  "
         if self.patch:
             row += " " * len(self._patch_title()) + "  ".join(f"{v:8.3f}" for v in self.patch[L])
-        return row
+        return row + (f"  {self.layer_kinds[L]}" if L < len(self.layer_kinds) and self.layer_kinds[L] else "")
 
     def _legend(self) -> list[str]:
         out = []
@@ -128,18 +130,28 @@ class LocateResult:
                        "(0 none, 1 all; residual = the stream after the layer, attn/mlp = the block's output)")
         if self.suggested:
             out.append("legend: ▶ = suggested layers")
+        if any(self.layer_kinds):
+            out.append("legend: the word after a row is the layer's kind (attention / MLP) where layers differ")
         return out
+
+    def span(self, layers: str | None) -> str:
+        """``11-17 (full ×2, sliding ×5)``: a range with the layer kinds it covers, where layers differ."""
+        if not layers or not any(self.layer_kinds):
+            return layers or ""
+        a, b = (int(x) for x in layers.split("-"))
+        return f"{layers} ({count_tags(self.layer_kinds, range(a, b + 1))})"
 
     def _ranges(self) -> list[str]:
         names = {"grad": "gradient attribution", "patch": f"activation patching ({self.patch_mode}, "
                                                           f"at {self.position_label})"}
-        out = [f"layers by {names[k]}: {v}" for k, v in self.suggested_by.items()]
+        out = [f"layers by {names[k]}: {self.span(v)}" for k, v in self.suggested_by.items()]
         if _disjoint(self.suggested_by.get("grad"), self.suggested_by.get("patch")):
             out.append("note: the two ranges do not overlap; the suggestion averages the profiles. Attribution "
                        "measures sensitivity, patching where the information flows: read both.")
         by = "; ".join(f"{k}: {v}" for k, v in self.suggested_by.items())
-        out.append(f"suggested layers: {self.suggested_layers} (smallest range holding {self.mass:.0%} of the "
-                   f"per-layer profile{', both averaged' if len(self.suggested_by) > 1 else ''}; {by})")
+        both = ", both averaged" if len(self.suggested_by) > 1 else ""
+        out.append(f"suggested layers: {self.span(self.suggested_layers)} (smallest range holding "
+                   f"{self.mass:.0%} of the per-layer profile{both}; {by})")
         return out
 
 
