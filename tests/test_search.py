@@ -36,6 +36,10 @@ TASK = {
 def test_pinned_parameters_are_not_searched_and_edit_scripts_declare_their_knobs(tmp_path):
     assert set(knobs_of(parse_arm("l=lora"))) == set(KNOBS["lora"])
     assert set(knobs_of(parse_arm("l=lora layers=0-6 rank=8"))) == {"lr", "steps"}
+    # the head and the embedding sit in no layer: a layer range would be a knob that changes nothing
+    assert set(knobs_of(parse_arm("h=lora roles=lm_head"))) == set(KNOBS["lora"]) - {"layers"}
+    assert "layers" not in knobs_of(parse_arm("e=full roles=embed+final_norm"))
+    assert "layers" in knobs_of(parse_arm("m=lora roles=attn+lm_head"))
     script = tmp_path / "arm.py"
     script.write_text('KNOBS = {"layer": ["int", 1, 15], "clamp": ["log", 0.5, 8.0]}\n\n'
                       'def edit(ck, layer=6):\n    pass\n')

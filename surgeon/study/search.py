@@ -38,6 +38,8 @@ import optuna
 
 from surgeon.errors import SurgeonError
 from surgeon.study.arms import Arm, CompareError, Stage
+from surgeon.study.config import parse_roles
+from surgeon.study.train import TOP
 
 KNOBS: dict[str, dict[str, list]] = {
     "lora": {"layers": ["span", 1, 8], "rank": ["choice", 2, 4, 8, 16], "lr": ["log", 1e-4, 3e-3],
@@ -84,9 +86,16 @@ def knobs_of(arm: Arm) -> dict[str, tuple[int, str, list]]:
         for name, spec in declared.items():
             if name in st.params:
                 continue  # pinned by the arm spec
+            if name == "layers" and st.kind != "edit" and _top_level_only(st.params.get("roles")):
+                continue  # lm_head / embed / final_norm live in no layer: nothing to search
             _check_spec(arm.name, name, spec)
             out[name if len(arm.stages) == 1 else f"s{i}.{name}"] = (i, name, list(spec))
     return out
+
+
+def _top_level_only(roles) -> bool:
+    """Whether a fine-tune's roles are all top-level tensors (``lm_head``, ``embed``, ``final_norm``)."""
+    return bool(roles) and set(parse_roles(roles)) <= set(TOP)
 
 
 def _check_spec(arm: str, name: str, spec) -> None:
