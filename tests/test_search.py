@@ -149,6 +149,8 @@ def test_map_row_names_the_best_site_the_runner_up_and_judges_the_advice():
     assert entry(report, wrong)["verdict"] == "advice fails by 0.35 (lora 0.60, rome 0.95)"
     md = markdown([row])
     assert "| facts | – | mid-layer MLPs | `edit:rome.py layer=5 t1` | 0.95 | lora 0.60 | advice holds" in md
+    at_chance = {**report, "arms": [{"name": "none", "metrics": {"generalisation_gen": 0.93}}]}
+    assert entry(at_chance, task)["verdict"].startswith("nothing beats the unedited model (0.93; best rome 0.95)")
     with pytest.raises(Exception, match="map: unknown key"):
         Task.from_dict({**TASK, "map": {"advise": "x"}})
 

@@ -68,7 +68,8 @@ def test_to_dict_round_trips(tmp_path):
     ({"neutral": {"corpus": "neutral_en", "txets": 4}}, "neutral: unknown key(s) txets"),
     ({"neutral": {"corpus": "neutral_en", "texts": -3}}, "texts must be a positive integer, got -3"),
     ({"neutral": {"corpus": "neutral_en", "texts": 10000}}, "paragraphs; asked for 10000"),
-    ({"spelling": {"rules": "en_us"}}, "spelling: unknown spelling rules 'en_us'; known: archaic_en, en_gb, misspell_en, prereform_ru"),
+    ({"spelling": {"rules": "en_us"}}, "spelling: unknown spelling rules 'en_us'; known: archaic_en, en_gb, "
+     "misspell_en, prereform_ru"),
     ({"spelling": {"rules": "en_gb", "max_tokens": 5}}, "spelling: unknown key(s) max_tokens"),
     ({"spelling": {"rules": "en_gb", "max_new_tokens": 0}}, "max_new_tokens must be a positive integer"),
 ])

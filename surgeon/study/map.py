@@ -28,6 +28,7 @@ from pathlib import Path
 
 from surgeon.errors import SurgeonError
 from surgeon.fixtures import FIXTURES, fixture
+from surgeon.study.search import success
 from surgeon.study.task import Task
 from surgeon.study.tuned import compare_tuned
 
@@ -48,16 +49,22 @@ def entry(report: dict, task: Task, level: float = LEVEL) -> dict:
             got.append({"family": fam, "site": trial["spec"], "success": sd["success_mean"],
                         "sd": sd.get("success_sd"), "kl": sd.get("kl_mean"), "trial": n})
     got.sort(key=lambda g: -g["success"])
+    none = next((a for a in report.get("arms", []) if a.get("name") == "none"), None)
+    found = success(none["metrics"]) if none else None
+    base = found[1] if found else None  # the unedited model's success: a behaviour it already shows half the time
     best, second = (got + [None, None])[:2]
     model = Path(report["model"]).name if report.get("model") else None
     return {"behaviour": spec.get("behaviour", task.name), "model": model,
             "advice": spec.get("advice"), "level": level, "best": best, "runner_up": second,
-            "verdict": verdict(spec.get("advice_arm"), got)}
+            "unedited": base, "verdict": verdict(spec.get("advice_arm"), got, base)}
 
 
-def verdict(advice_arm: str | None, got: list[dict]) -> str:
+def verdict(advice_arm: str | None, got: list[dict], base: float | None = None) -> str:
     if not got:
         return f"no family reached KL ≤ {LEVEL:g} on validation"
+    if base is not None and got[0]["success"] - base <= TIE:
+        return (f"nothing beats the unedited model ({base:.2f}; best {got[0]['family']} {got[0]['success']:.2f}): "
+                "the advice is not tested")
     if not advice_arm:
         return "advice not judged (no advice_arm)"
     mine = next((g for g in got if g["family"] == advice_arm), None)
