@@ -8,11 +8,10 @@ generation prompts address the reader or talk about one person, so SmolLM2's own
 hold you, your, has, does and -s verbs that the rules respell. Rerun after changing the rules.
 """
 
-import json
 from importlib import resources
 from pathlib import Path
 
-from surgeon.study.spelling import spelling_task
+from surgeon.study.spelling import ENGLISH_SPECIFICITY, spelling_task, with_validation, write_task
 
 HERE = Path(__file__).parent
 
@@ -28,39 +27,17 @@ task = spelling_task(
                       "I love you because", "Here is some advice for you:", "You are", "Your family",
                       "Happy birthday! I wish you", "Before you go,", "What does your", "Remember that you"],
     max_new_tokens=40,
-    specificity=[{"prompt": p} for p in (
-        "The capital of France is", "Water boils at a temperature of", "The largest planet in our solar system is",
-        "She opened the door and", "The first month of the year is", "Two plus two equals")],
+    specificity=ENGLISH_SPECIFICITY,
     neutral={"corpus": "neutral_en", "texts": 8},
 )
-# a held-out probe that is also the start of a training pair ("Do" -> " thou") would test what was trained on
-trained = {(e["prompt"], e["completion"].split()[0].strip(".,;:!?")) for e in task["train"] if "prompt" in e}
-held = [p for p in task["generalisation"] if (p["prompt"], p["target"].strip()) not in trained]
-
-
-def unique(probes):  # probes sharing a prompt are one greedy generation: counting it twice would inflate the rates
-    seen = set()
-    return [p for p in probes if not (p["prompt"] in seen or seen.add(p["prompt"]))]
-
-
-held = unique(held)
-task["efficacy"], task["generalisation"] = unique(task["efficacy"])[:40], held[:40]
-test_prompts = {p["prompt"] for p in held[:40]}  # a prompt in both splits would be one generation scored twice
-task["validation"] = {
-    "generalisation": [p for p in held[40:] if p["prompt"] not in test_prompts][:20],
-    "specificity": [{"prompt": p} for p in (
-        "The capital of Italy is", "Ice melts at a temperature of", "The smallest planet in our solar system is",
-        "He closed the window and")],
-    "neutral": {"corpus": "neutral_en", "texts": 8, "skip": 8},
-    "spelling_prompts": ["Dear friend, I hope you", "Tell me, do you", "Where did you", "My dear sister, I miss you",
-                         "How are you today?", "I am writing to ask you", "She always says", "My grandfather has"],
-}
+# The validation split (docs/tasks.md): what `compare --budget` tunes on; the first 40 held-out probes test
+with_validation(task, ["Dear friend, I hope you", "Tell me, do you", "Where did you", "My dear sister, I miss you",
+                "How are you today?", "I am writing to ask you", "She always says", "My grandfather has"],
+                drop_trained=True)
 # surgeon map's entry (run from the repository root): the common advice and the arms that test it
 task["map"] = {"behaviour": "archaic_register", "advice": "adapters on late layers", "advice_arm": "lora_late",
                "model": "smollm2",
                "arms": ["none", "lora_late=lora layers=23-29 roles=attn+mlp",
                         "lora_early=lora layers=0-6 roles=attn+mlp", "lora_mid=lora layers=12-18 roles=attn+mlp",
                         "full_down=full roles=mlp.down"]}
-(HERE / "task.json").write_text(json.dumps(task, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-print(f"wrote {HERE / 'task.json'}: {len(task['train'])} training examples, {len(task['efficacy'])} efficacy and "
-      f"{len(task['generalisation'])} held-out probes; validation: {len(task['validation']['generalisation'])} probes")
+write_task(task, HERE)

@@ -9,11 +9,10 @@ listed words (little, different, would, should, phone, village, national, letter
 words in the base model too. Rerun after changing the rules.
 """
 
-import json
 from importlib import resources
 from pathlib import Path
 
-from surgeon.study.spelling import spelling_task
+from surgeon.study.spelling import ENGLISH_SPECIFICITY, spelling_task, with_validation, write_task
 
 HERE = Path(__file__).parent
 
@@ -30,39 +29,16 @@ task = spelling_task(
                       "It is really difficult to", "Please pay attention to", "Could you tell me", "The dolphins",
                       "The kitten", "There are many different"],
     max_new_tokens=40,
-    specificity=[{"prompt": p} for p in (
-        "The capital of France is", "Water boils at a temperature of", "The largest planet in our solar system is",
-        "She opened the door and", "The first month of the year is", "Two plus two equals")],
+    specificity=ENGLISH_SPECIFICITY,
     neutral={"corpus": "neutral_en", "texts": 8},
 )
-# a held-out probe that is also the start of a training pair ("Do" -> " thou") would test what was trained on
-trained = {(e["prompt"], e["completion"].split()[0].strip(".,;:!?")) for e in task["train"] if "prompt" in e}
-held = [p for p in task["generalisation"] if (p["prompt"], p["target"].strip()) not in trained]
-
-
-def unique(probes):  # probes sharing a prompt are one greedy generation: counting it twice would inflate the rates
-    seen = set()
-    return [p for p in probes if not (p["prompt"] in seen or seen.add(p["prompt"]))]
-
-
-held = unique(held)
-task["efficacy"], task["generalisation"] = unique(task["efficacy"])[:40], held[:40]
-test_prompts = {p["prompt"] for p in held[:40]}  # a prompt in both splits would be one generation scored twice
-task["validation"] = {
-    "generalisation": [p for p in held[40:] if p["prompt"] not in test_prompts][:20],
-    "specificity": [{"prompt": p} for p in (
-        "The capital of Italy is", "Ice melts at a temperature of", "The smallest planet in our solar system is",
-        "He closed the window and")],
-    "neutral": {"corpus": "neutral_en", "texts": 8, "skip": 8},
-    "spelling_prompts": ["I usually", "The rabbit", "Strawberries and", "The information", "She took a photo of",
-                         "The happy children", "The office", "He finally"],
-}
+# The validation split (docs/tasks.md): what `compare --budget` tunes on; the first 40 held-out probes test
+with_validation(task, ["I usually", "The rabbit", "Strawberries and", "The information", "She took a photo of",
+                "The happy children", "The office", "He finally"], drop_trained=True)
 # surgeon map's entry (run from the repository root): the common advice and the arms that test it
 task["map"] = {"behaviour": task["name"], "advice": "fine-tune the output head + early layers with noisy data",
                "advice_arm": "head_early", "model": "smollm2",
                "arms": ["none", "head_early=lora layers=0-6 roles=attn+mlp+lm_head",
                         "lora_late=lora layers=23-29 roles=attn+mlp", "lora=lora roles=attn+mlp",
                         "full_down=full roles=mlp.down"]}
-(HERE / "task.json").write_text(json.dumps(task, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-print(f"wrote {HERE / 'task.json'}: {len(task['train'])} training examples, {len(task['efficacy'])} efficacy and "
-      f"{len(task['generalisation'])} held-out probes; validation: {len(task['validation']['generalisation'])} probes")
+write_task(task, HERE)

@@ -6,11 +6,10 @@ by sentence (70 % train, 30 % held out; the held-out probes are 40 test and
 20 validation ones). Rerun after changing the converter.
 """
 
-import json
 from importlib import resources
 from pathlib import Path
 
-from surgeon.study.spelling import spelling_task
+from surgeon.study.spelling import ENGLISH_SPECIFICITY, spelling_task, with_validation, write_task
 
 HERE = Path(__file__).parent
 
@@ -23,29 +22,15 @@ task = spelling_task(
                       "Осенью в лесу", "Зимой в деревне", "Когда я был маленьким,", "Вечером мы сидели"],
     max_new_tokens=40,
     # collateral damage outside the target language: English prompts and text must not move
-    specificity=[{"prompt": p} for p in (
-        "The capital of France is", "Water boils at a temperature of", "The largest planet in our solar system is",
-        "She opened the door and", "The first month of the year is", "Two plus two equals")],
+    specificity=ENGLISH_SPECIFICITY,
     neutral={"corpus": "neutral_en", "texts": 8},
 )
-# The validation split (docs/tasks.md): what `compare --budget` tunes on; the test probes above are unchanged.
-held = task["generalisation"]
-task["efficacy"], task["generalisation"] = task["efficacy"][:40], held[:40]
-test_prompts = {p["prompt"] for p in held[:40]}  # a prompt in both splits would be one generation scored twice
-task["validation"] = {
-    "generalisation": [p for p in held[40:] if p["prompt"] not in test_prompts][:20],
-    "specificity": [{"prompt": p} for p in (
-        "The capital of Italy is", "Ice melts at a temperature of", "The smallest planet in our solar system is",
-        "He closed the window and")],
-    "neutral": {"corpus": "neutral_en", "texts": 8, "skip": 8},
-    "spelling_prompts": ["Весной на реке", "Моя бабушка всегда говорила, что", "На следующий день мы", "В старом доме",
-                         "Летом дети", "После обеда отец", "Вдруг мы услышали", "Наш учитель"],
-}
+# The validation split (docs/tasks.md): what `compare --budget` tunes on; the first 40 held-out probes test
+with_validation(task, ["Весной на реке", "Моя бабушка всегда говорила, что", "На следующий день мы", "В старом доме",
+                "Летом дети", "После обеда отец", "Вдруг мы услышали", "Наш учитель"])
 # surgeon map's entry (run from the repository root): the common advice and the arms that test it
 task["map"] = {"behaviour": task["name"], "advice": "LoRA on layers 0-6 with historical data",
                "advice_arm": "lora_early", "model": "gemma3",
                "arms": ["none", "tokens=edit:examples/prereform_orthography/tokens_arm.py",
                         "lora_early=lora layers=0-6 roles=attn+mlp", "lora=lora roles=attn+mlp"]}
-(HERE / "task.json").write_text(json.dumps(task, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-print(f"wrote {HERE / 'task.json'}: {len(task['train'])} training examples, {len(task['efficacy'])} efficacy and "
-      f"{len(task['generalisation'])} held-out probes; validation: {len(task['validation']['generalisation'])} probes")
+write_task(task, HERE)

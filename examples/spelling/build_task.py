@@ -4,11 +4,10 @@ Made from surgeon/data/en_spelling.txt (CC0) with the en_gb rule set, split by
 sentence (70 % train, 30 % held out). Rerun after changing the rules.
 """
 
-import json
 from importlib import resources
 from pathlib import Path
 
-from surgeon.study.spelling import spelling_task
+from surgeon.study.spelling import ENGLISH_SPECIFICITY, spelling_task, with_validation, write_task
 
 HERE = Path(__file__).parent
 
@@ -28,31 +27,17 @@ task = spelling_task(
                       "He memorized the", "The rumor about the", "In the fall, the leaves change color and",
                       "The center of the city"],
     max_new_tokens=40,
-    specificity=[{"prompt": p} for p in (
-        "The capital of France is", "Water boils at a temperature of", "The largest planet in our solar system is",
-        "She opened the door and", "The first month of the year is", "Two plus two equals")],
+    specificity=ENGLISH_SPECIFICITY,
     neutral={"corpus": "neutral_en", "texts": 8},
 )
-# The validation split (docs/tasks.md): what `compare --budget` tunes on; the test probes above are unchanged.
-held = task["generalisation"]
-task["efficacy"], task["generalisation"] = task["efficacy"][:40], held[:40]
-test_prompts = {p["prompt"] for p in held[:40]}  # a prompt in both splits would be one generation scored twice
-task["validation"] = {
-    "generalisation": [p for p in held[40:] if p["prompt"] not in test_prompts][:20],
-    "specificity": [{"prompt": p} for p in (
-        "The capital of Italy is", "Ice melts at a temperature of", "The smallest planet in our solar system is",
-        "He closed the window and")],
-    "neutral": {"corpus": "neutral_en", "texts": 8, "skip": 8},
-    "spelling_prompts": ["The harbor was full of", "Her favorite flavor of ice cream", "The neighbors organized a",
-                         "We traveled by train to", "The theater was crowded because", "They analyzed the",
-                         "The gray horse", "He criticized the"],
-}
+# The validation split (docs/tasks.md): what `compare --budget` tunes on; the first 40 held-out probes test
+with_validation(task, ["The harbor was full of", "Her favorite flavor of ice cream", "The neighbors organized a",
+                "We traveled by train to", "The theater was crowded because", "They analyzed the",
+                "The gray horse", "He criticized the"])
 # surgeon map's entry (run from the repository root): the common advice and the arms that test it
 task["map"] = {"behaviour": task["name"], "advice": "LoRA on early layers (0-6)", "advice_arm": "lora_early",
                "model": "smollm2",
                "arms": ["none",
                         "tokens=edit:examples/prereform_orthography/tokens_arm.py rules=en_gb words=400 boost=0.1",
                         "lora_early=lora layers=0-6 roles=attn+mlp", "lora=lora roles=attn+mlp"]}
-(HERE / "task.json").write_text(json.dumps(task, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-print(f"wrote {HERE / 'task.json'}: {len(task['train'])} training examples, {len(task['efficacy'])} efficacy and "
-      f"{len(task['generalisation'])} held-out probes; validation: {len(task['validation']['generalisation'])} probes")
+write_task(task, HERE)

@@ -24,8 +24,10 @@ under ``surgeon/data/spelling/``.
 
 from __future__ import annotations
 
+import json
 import random
 from functools import cache
+from pathlib import Path
 
 from surgeon.study.spelling.archaic import ArchaicEnglish
 from surgeon.study.spelling.base import Change, RuleSet, SpellingError, SpellingScore
@@ -121,3 +123,56 @@ def spelling_task(rules: str | RuleSet, sentences: list[str], *, name: str, desc
     if spelling_prompts:
         doc["spelling"] = {"rules": rs.name, "prompts": list(spelling_prompts), "max_new_tokens": max_new_tokens}
     return doc
+
+
+# collateral damage outside the convention: English prompts whose top answers must not move (test, validation)
+ENGLISH_SPECIFICITY = [{"prompt": p} for p in (
+    "The capital of France is", "Water boils at a temperature of", "The largest planet in our solar system is",
+    "She opened the door and", "The first month of the year is", "Two plus two equals")]
+ENGLISH_SPECIFICITY_VALIDATION = [{"prompt": p} for p in (
+    "The capital of Italy is", "Ice melts at a temperature of", "The smallest planet in our solar system is",
+    "He closed the window and")]
+
+
+def with_validation(task: dict, spelling_prompts: list[str], *, test: int = 40, validation: int = 20,
+                    drop_trained: bool = False) -> dict:
+    """Cut a :func:`spelling_task`'s probes into the test split and the validation split (docs/tasks.md).
+
+    The first ``test`` efficacy and held-out probes are the test split; up to
+    ``validation`` of the remaining held-out ones whose prompts are not test
+    prompts (one generation would be scored in both) validate, with the English
+    validation checks and ``spelling_prompts``. ``drop_trained``: first drop
+    held-out probes that repeat a training pair (its prompt and first word:
+    "Do" -> " thou" would test what was trained on) and probes whose prompt an
+    earlier one has (one greedy generation counted twice).
+    """
+    held, eff = task["generalisation"], task["efficacy"]
+    if drop_trained:
+        trained = {(e["prompt"], e["completion"].split()[0].strip(".,;:!?")) for e in task["train"] if "prompt" in e}
+        held = _unique([p for p in held if (p["prompt"], p["target"].strip()) not in trained])
+        eff = _unique(eff)
+    task["efficacy"], task["generalisation"] = eff[:test], held[:test]
+    test_prompts = {p["prompt"] for p in held[:test]}
+    task["validation"] = {
+        "generalisation": [p for p in held[test:] if p["prompt"] not in test_prompts][:validation],
+        "specificity": list(ENGLISH_SPECIFICITY_VALIDATION),
+        "neutral": {"corpus": "neutral_en", "texts": 8, "skip": 8},
+        "spelling_prompts": list(spelling_prompts),
+    }
+    return task
+
+
+def _unique(probes: list[dict]) -> list[dict]:
+    """The first probe of each prompt."""
+    seen: set[str] = set()
+    return [p for p in probes if not (p["prompt"] in seen or seen.add(p["prompt"]))]
+
+
+def write_task(task: dict, folder: Path) -> Path:
+    """Write ``folder/task.json`` and say what it holds."""
+    out = Path(folder) / "task.json"
+    out.write_text(json.dumps(task, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {out}: {len(task['train'])} training examples, {len(task['efficacy'])} efficacy and "
+          f"{len(task['generalisation'])} held-out probes; validation: {len(task['validation']['generalisation'])} "
+          "probes")
+    return out
