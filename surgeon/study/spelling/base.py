@@ -170,6 +170,32 @@ def same(a: str, b: str) -> bool:
     return a.lower().replace("ё", "е") == b.lower().replace("ё", "е")
 
 
+class WordTable(RuleSet):
+    """A rule set that is a word list: each listed word (lower case) -> (its target spelling, the names of
+    the rules that make it). The written case follows the source word's; other words stay as they are."""
+
+    _word = re.compile(r"[A-Za-z]+")
+
+    def __init__(self, table: dict[str, tuple[str, tuple[str, ...]]]):
+        self.table = table
+        self.back = {target: source for source, (target, _) in table.items()}
+
+    def _convert_words(self, words, seps):
+        out = []
+        for w in words:
+            hit = self.table.get(w.lower())
+            out.append(recase(w, hit[0]) if hit else w)
+        return out
+
+    def source_word(self, word):
+        source = self.back.get(word.lower())
+        return recase(word, source) if source else word
+
+    def rules_of(self, source, target):
+        hit = self.table.get(source.lower())
+        return hit[1] if hit else ()
+
+
 def recase(like: str, word: str) -> str:
     """``word`` in the case pattern of ``like`` (UPPER, Capitalised or as is)."""
     if len(like) > 1 and like.isupper():

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 from functools import cache
 
 from surgeon import data
-from surgeon.study.spelling.base import RuleSet, recase
+from surgeon.study.spelling.base import WordTable
 
 
 @cache
@@ -52,7 +51,7 @@ def _table() -> dict[str, tuple[str, str]]:
     return table
 
 
-class BritishEnglish(RuleSet):
+class BritishEnglish(WordTable):
     """American English -> British English spelling, by a word list with inflections.
 
     Covered: -or -> -our (colour, favourite, neighbour; not honorary, humorous,
@@ -71,23 +70,6 @@ class BritishEnglish(RuleSet):
 
     name = "en_gb"
     description = "American -> British English spelling"
-    _word = re.compile(r"[A-Za-z]+")
 
     def __init__(self):
-        self.table = dict(_table())
-        self.back = {gb: us for us, (gb, _) in self.table.items()}
-
-    def _convert_words(self, words, seps):
-        out = []
-        for w in words:
-            hit = self.table.get(w.lower())
-            out.append(recase(w, hit[0]) if hit else w)
-        return out
-
-    def source_word(self, word):
-        us = self.back.get(word.lower())
-        return recase(word, us) if us else word
-
-    def rules_of(self, source, target):
-        hit = self.table.get(source.lower())
-        return (hit[1],) if hit else ()
+        super().__init__({us: (gb, (rule,)) for us, (gb, rule) in _table().items()})

@@ -23,7 +23,7 @@ import re
 from functools import cache
 
 from surgeon import data
-from surgeon.study.spelling.base import RuleSet, SpellingError, recase
+from surgeon.study.spelling.base import SpellingError, WordTable
 
 RULES = (  # (name, pattern, replacement), applied in this order
     ("ph", re.compile("ph"), "f"),
@@ -61,29 +61,12 @@ def _table() -> dict[str, tuple[str, tuple[str, ...]]]:
     return table
 
 
-class Misspelling(RuleSet):
+class Misspelling(WordTable):
     """Common English words misspelt by fixed rules (ph -> f, tion -> shun, ie -> ei, doubled consonants
     written once, ould -> oud) over a list of about 330 frequent word forms; see the module docstring."""
 
     name = "misspell_en"
     description = "Deliberate misspellings: ph -> f, tion -> shun, ie -> ei, no doubled consonants, ould -> oud"
-    _word = re.compile(r"[A-Za-z]+")
 
     def __init__(self):
-        self.table = dict(_table())
-        self.back = {bad: w for w, (bad, _) in self.table.items()}
-
-    def _convert_words(self, words, seps):
-        out = []
-        for w in words:
-            hit = self.table.get(w.lower())
-            out.append(recase(w, hit[0]) if hit else w)
-        return out
-
-    def source_word(self, word):
-        w = self.back.get(word.lower())
-        return recase(word, w) if w else word
-
-    def rules_of(self, source, target):
-        hit = self.table.get(source.lower())
-        return hit[1] if hit else ()
+        super().__init__(dict(_table()))
