@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from surgeon.edits.covariance import Covariance
 from surgeon.errors import EditError
@@ -57,13 +57,13 @@ class FactsState:
     def load(cls, path: str | Path) -> FactsState:
         """The state :meth:`save` wrote; a file that is not one fails naming it."""
         try:
-            tensors = load_file(str(path))
-            with safe_open(str(path), "pt") as fh:
+            with safe_open(str(path), "pt") as fh:  # one read: the metadata and the tensors
                 meta = json.loads((fh.metadata() or {})["surgeon_facts_state"])
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
             layers = [int(x) for x in meta["layers"]]
-            covs = {lay: Covariance(tensors[f"C.{lay}"], lay, int(meta["covariances"][str(lay)]["tokens"]),
-                                    meta["covariances"][str(lay)]["key"], 0.0, True,
-                                    meta["covariances"][str(lay)]["source"]) for lay in layers}
+            about = {lay: meta["covariances"][str(lay)] for lay in layers}
+            covs = {lay: Covariance(tensors[f"C.{lay}"], lay, int(c["tokens"]), c["key"], 0.0, True, c["source"])
+                    for lay, c in about.items()}
         except (OSError, SafetensorError, KeyError, ValueError, TypeError) as e:
             raise EditError(f"{path}: not a surgeon facts state ({type(e).__name__}: {e})") from None
         state = cls(layers, covs, edited=int(meta["edited"]))

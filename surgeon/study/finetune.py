@@ -15,9 +15,11 @@ the changed tensors into the Checkpoint, so the result goes through the same
 * **LoRA** (Hu et al. 2021) through peft: the chosen modules are passed to
   peft as exact module names taken from the role table (one adapter can then
   cover layer projections and ``lm_head`` together, which
-  ``target_modules`` + ``layers_to_transform`` cannot), merged with
-  ``merge_and_unload`` after training. Norms are vectors with nothing to
-  factor: under LoRA they are trained in full.
+  ``target_modules`` + ``layers_to_transform`` cannot); after training each
+  adapter's B·A·scale (peft's ``get_delta_weight``) is added to its tensor
+  (:func:`stage_deltas`; the same path serves ``nproc`` > 1, whose ranks
+  write the deltas). Norms are vectors with nothing to factor: under LoRA
+  they are trained in full.
 * **full**: the chosen tensors are unfrozen, everything else frozen.
   ``max_delta`` bounds every weight to ± that much around its start after
   each step: the L∞-constrained fine-tune FT-L (Zhu et al. 2020, "Modifying
