@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 import surgeon
-from surgeon.edits import ablate, add_tokens, bake_additive, extract, interpolate, steer, zero_heads
+from surgeon.edits import ablate, add_tokens, bake_additive, extract, interpolate, steer, transplant, zero_heads
 from surgeon.edits.memit import FactsParams, edit_facts
 from surgeon.edits.rome import RankOneParams, RankOneRequest, rank_one
 from surgeon.export.adapter import export_adapter
@@ -168,13 +168,14 @@ def test_baked_steering_bias_steers_llama_cpp_like_transformers(smollm2, smol_rt
     assert len(changed) >= 2
 
 
-def test_ablation_zeroed_heads_and_interpolation_export_and_agree(smollm2, smol_happy, smol_rome, src, out_dir,
-                                                                  tmp_path_factory):
+def test_ablation_zeroed_heads_interpolation_and_transplant_export_and_agree(smollm2, smol_happy, smol_rome, src,
+                                                                            out_dir, tmp_path_factory):
     """The weight-only edits in one checkpoint: each changes values, none changes a tensor's shape or name."""
     ck = surgeon.open(smollm2)
     ablate(ck, smol_happy, layers=range(6, 12))
     zero_heads(ck, 3, [0, 1])
     interpolate(ck, surgeon.open(smol_rome), 0.5, keys=["layers.6.mlp.down"])
+    transplant(ck, smollm2, layers=20, from_layer=21)  # a whole layer, norms included, from another depth
     path = tmp_path_factory.mktemp("algebra") / "ckpt"
     ck.save(path)
     exp = _export("smollm2 ablate+heads+interp f16", path, out_dir / "smol-algebra.gguf")
@@ -301,6 +302,33 @@ def test_unedited_gemma3_f16_gives_transformers_greedy_tokens(gemma_f16):
     v = gemma_f16.verification
     assert gemma_f16.architecture == "GEMMA3"
     assert v.ok and all(p.agree for p in v.prompts)
+
+
+def test_unedited_gemma3_q8_0_agrees_on_first_tokens_and_top1(gemma3, src, out_dir):
+    exp = _export("gemma3 unedited q8_0", gemma3, out_dir / "gemma-q8.gguf", outtype="q8_0")
+    v = exp.verification
+    assert v.ok and v.top1_decided >= 0.95 and v.top1 >= 0.90 and v.top1_tokens >= 500
+    assert all(p.agree for p in v.prompts)
+
+
+def test_gemma3_rome_and_weight_edits_export_and_answer_in_llama_cpp(gemma3, src, out_dir, tmp_path):
+    """Gemma-3 (tied 262k head, sandwich norms with +1 offsets): a ROME fact, an ablated direction, zeroed heads,
+    a transplanted layer and an interpolation in one checkpoint; llama.cpp gives transformers' tokens and the fact."""
+    ck = surgeon.open(gemma3)
+    rt = load(surgeon.open(gemma3))
+    ablate(ck, extract(rt, HAPPY, SAD, 9), layers=range(10, 14))
+    del rt
+    zero_heads(ck, 5, [0])
+    transplant(ck, gemma3, layers=12, from_layer=13)
+    interpolate(ck, surgeon.open(gemma3), 0.5, keys=["layers.14.mlp.up"])  # halfway back to the original
+    res = rank_one(ck, EIFFEL, layer=3, covariance="identity", params=RankOneParams(steps=20, n_prefixes=5))
+    assert res.p_after > 0.5, res  # last, on the model the other edits made
+    ck.save(tmp_path / "ckpt")
+    del ck
+    exp = _export("gemma3 rome+weight edits f16", tmp_path / "ckpt", out_dir / "gemma-edits.gguf")
+    got = {p.prompt: p for p in exp.verification.prompts}
+    assert exp.verification.ok and all(p.agree for p in got.values())
+    assert got[EIFFEL.prompt].llama.startswith(" Rome")
 
 
 def test_gemma3_added_tokens_keep_their_ids_in_llama_cpp(gemma3, src, out_dir, tmp_path):

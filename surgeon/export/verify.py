@@ -17,6 +17,7 @@ offsets, rope) disagrees where the choice is decided.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ TIE = 0.01  # logits: transformers' top two closer than this are a tie that roun
 Q8_AGREEMENT = 0.95  # q8_0: top-1 agreement on neutral text where transformers' choice is decided ...
 Q8_DECIDED = 0.5  # ... by at least this many logits over its runner-up
 Q8_FLOOR = 0.90  # q8_0: top-1 agreement over every position, near ties included
+Q8_TOKENS = 512  # q8_0: neutral-text positions compared
 
 
 @dataclass
@@ -65,30 +67,59 @@ class Verification:
         return asdict(self)
 
 
+@dataclass
+class Reference:
+    """transformers' side of the check, computed before llama.cpp opens the file (so the two models are
+    never in memory together): each prompt's ids and greedy path, and (q8_0) the neutral text's top two."""
+
+    tokenizer: object
+    prompts: list[str]
+    ids: list[list[int]]
+    greedy: list[tuple[list[int], list[int], list[float]]]  # per prompt: tokens, runner-ups, leads (hf_greedy)
+    neutral: list[tuple[list[int], np.ndarray, np.ndarray]] = field(default_factory=list)  # ids, top-1, lead
+
+
+def reference(rt, prompts: list[str], n: int, *, neutral_tokens: int = 0, per_text: int = 128) -> Reference:
+    """transformers' greedy path (n steps) for each prompt and, given ``neutral_tokens``, the top-1 and its
+    lead at every position of that many tokens of held-out neutral paragraphs (``per_text`` at most each)."""
+    ids = [rt.tokenizer(p)["input_ids"] for p in prompts]
+    ref = Reference(rt.tokenizer, list(prompts), ids, [hf_greedy(rt, e, n) for e in ids])
+    with torch.no_grad():
+        for text in neutral_paragraphs("eval") if neutral_tokens else ():
+            t = rt.tokenizer(text)["input_ids"][:per_text]
+            v, k = rt.logits(torch.tensor([t], device=rt.device))[0].float().topk(2)
+            ref.neutral.append((t, k[:, 0].cpu().numpy(), (v[:, 0] - v[:, 1]).cpu().numpy()))
+            if sum(len(x[0]) for x in ref.neutral) >= neutral_tokens:
+                break
+    return ref
+
+
 def verify(gguf: str | os.PathLike, checkpoint, *, outtype: str = "f16", prompts=None, max_new_tokens: int = 12,
            runtime=None, llm=None, raise_on_fail: bool = True) -> Verification:
     """Check ``gguf`` in llama.cpp against ``checkpoint`` in transformers (the module docstring says how).
 
-    A failure is a :class:`GGUFError` naming the file and the first diverging prompt (or, with
-    ``raise_on_fail=False``, a Verification with ``ok`` False).
+    transformers runs first (:func:`reference`) and its model is dropped before llama.cpp loads the file,
+    unless the caller passed its own ``runtime``. A failure is a :class:`GGUFError` naming the file and
+    the first diverging prompt (or, with ``raise_on_fail=False``, a Verification with ``ok`` False).
     """
     t0 = time.perf_counter()
-    prompts = list(prompts or DEFAULT_PROMPTS)
-    rt = runtime or load(checkpoint)
-    enc = [rt.tokenizer(p)["input_ids"] for p in prompts]
-    n_ctx = max(max(len(e) for e in enc) + max_new_tokens, 128 if outtype == "q8_0" else 0) + 8
+    q8 = outtype == "q8_0"
+    n = 1 if q8 else max_new_tokens
+    ref = reference(runtime or load(checkpoint), list(prompts or DEFAULT_PROMPTS), n,
+                    neutral_tokens=Q8_TOKENS if q8 else 0)
+    gc.collect()  # our own runtime is unreferenced now: its weights go before llama.cpp's arrive
+    n_ctx = max(max(len(e) for e in ref.ids) + max_new_tokens, 128 if q8 else 0) + 8
     own = llm is None
-    llm = llm or open_llama(gguf, n_ctx=n_ctx, all_logits=outtype == "q8_0")
+    llm = llm or open_llama(gguf, n_ctx=n_ctx, all_logits=q8)
     try:
         result = Verification(outtype=outtype, ok=True)
-        n = 1 if outtype == "q8_0" else max_new_tokens
-        for p, ids in zip(prompts, enc):
-            problem = _check_prompt(rt, llm, p, ids, n, result)
+        for i in range(len(ref.prompts)):
+            problem = _check_prompt(ref, i, llm, result)
             if problem:
                 return _fail(result, raise_on_fail, f"{gguf}: {problem}")
-        if outtype == "q8_0":
+        if q8:
             (result.top1, result.top1_tokens, result.top1_decided, result.top1_decided_tokens,
-             result.top1_flip_margin) = top1_agreement(rt, llm)
+             result.top1_flip_margin) = top1_agreement(ref, llm)
             if result.top1_decided < Q8_AGREEMENT or result.top1 < Q8_FLOOR:
                 return _fail(result, raise_on_fail,
                              f"{gguf}: top-1 agreement with transformers on neutral text {result.top1_decided:.3f} "
@@ -101,28 +132,28 @@ def verify(gguf: str | os.PathLike, checkpoint, *, outtype: str = "f16", prompts
             llm.close()
 
 
-def _check_prompt(rt, llm, prompt: str, ids: list[int], n: int, result: Verification) -> str | None:
-    """Compare one prompt; record it in ``result``; return what went wrong, or None."""
-    tok = rt.tokenizer
+def _check_prompt(ref: Reference, i: int, llm, result: Verification) -> str | None:
+    """Compare prompt ``i`` of the reference; record it in ``result``; return what went wrong, or None."""
+    tok, prompt, ids = ref.tokenizer, ref.prompts[i], ref.ids[i]
+    ours, runner_up, margins = ref.greedy[i]
     theirs = list(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False))
     if theirs != list(ids):
         return f"tokenizers disagree on {prompt!r}: transformers {ids[:12]}, llama.cpp {theirs[:12]}"
-    ours, runner_up, margins = hf_greedy(rt, ids, n)
-    got, _ = llama_follow(llm, ids, n, forced=ours)  # llama.cpp's pick at each step of transformers' path
+    got, _ = llama_follow(llm, ids, len(ours), forced=ours)  # llama.cpp's pick at each step of transformers' path
     check = PromptCheck(prompt, tok.decode(ours), tok.decode(ours), True)
     result.prompts.append(check)
-    for i, (a, b) in enumerate(zip(ours, got)):
+    for j, (a, b) in enumerate(zip(ours, got)):
         if a == b:
             continue
-        if b == runner_up[i] and margins[i] < TIE:
-            check.ties.append(i)
+        if b == runner_up[j] and margins[j] < TIE:
+            check.ties.append(j)
             continue
-        check.agree, check.first_diff, check.llama = False, i, tok.decode(ours[:i] + [b])
-        return (f"llama.cpp and transformers diverge on {prompt!r} at generated token {i}: "
-                f"{tok.decode(ours[:i + 1])!r} vs {check.llama!r} "
-                f"(transformers' top-1 leads there by {margins[i]:.3f} logits)")
+        check.agree, check.first_diff, check.llama = False, j, tok.decode(ours[:j] + [b])
+        return (f"llama.cpp and transformers diverge on {prompt!r} at generated token {j}: "
+                f"{tok.decode(ours[:j + 1])!r} vs {check.llama!r} "
+                f"(transformers' top-1 leads there by {margins[j]:.3f} logits)")
     if check.ties:  # past a tie llama.cpp's own greedy text may go its own way
-        check.llama = tok.decode(llama_greedy(llm, ids, n))
+        check.llama = tok.decode(llama_greedy(llm, ids, len(ours)))
     return None
 
 
@@ -143,21 +174,17 @@ def hf_greedy(rt, ids: list[int], n: int) -> tuple[list[int], list[int], list[fl
     return out, second, margins
 
 
-@torch.no_grad()
-def top1_agreement(rt, llm, *, tokens: int = 512, per_text: int = 128) -> tuple[float, int, float, int, float]:
-    """Top-1 next-token agreement with transformers over held-out neutral paragraphs.
+def top1_agreement(ref: Reference, llm) -> tuple[float, int, float, int, float]:
+    """Top-1 next-token agreement of llama.cpp with the reference's neutral-text positions.
 
     Returns (agreement, positions, agreement where transformers' top-1 leads by ≥ Q8_DECIDED
     logits, those positions, the largest lead llama.cpp overturned).
     """
     same, margins = [], []
-    for text in neutral_paragraphs("eval"):
-        ids = rt.tokenizer(text)["input_ids"][: min(per_text, llm.n_ctx())]
-        top = rt.logits(torch.tensor([ids], device=rt.device))[0].float().topk(2)
-        same.append(top.indices[:, 0].cpu().numpy() == np.argmax(llama_logits(llm, ids), axis=-1))
-        margins.append((top.values[:, 0] - top.values[:, 1]).cpu().numpy())
-        if sum(len(x) for x in same) >= tokens:
-            break
+    for ids, top1, lead in ref.neutral:
+        k = min(len(ids), llm.n_ctx())
+        same.append(top1[:k] == np.argmax(llama_logits(llm, ids[:k]), axis=-1))
+        margins.append(lead[:k])
     same, margins = np.concatenate(same), np.concatenate(margins)
     decided = margins >= Q8_DECIDED
     flips = margins[~same]
