@@ -9,12 +9,16 @@ on every changed tensor of a float32 tiny model (measured: ~2e-7).
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+from alive import Alive
 from click.testing import CliRunner
 
 from surgeon.io.checkpoint import open_checkpoint
+from surgeon.io.values import Deferred
 from surgeon.study.config import FinetuneConfig, FinetuneError
 from surgeon.study.finetune import finetune
 from surgeon.study.task import Task
@@ -62,6 +66,49 @@ def test_two_process_ftl_keeps_its_bound_and_equals_one_process(tiny):
         assert (b[name] - start.stored(name).float()).abs().max().item() <= 2e-3 + 1e-6, name  # FT-L's L∞ bound
 
 
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_the_merge_holds_one_trained_tensor_at_a_time_and_the_delta_files_last_until_then(
+        tiny, tmp_path, monkeypatch, nproc):
+    """LoRA on every projection of both layers: 14 trained tensors, staged deferred (the checkpoint holds
+    none), made one at a time while staging and at most two at once while saving (hash and writer threads);
+    the delta files stay until the staged values go."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the delta folder lands here
+    alive, make = Alive(), Deferred.materialize
+    monkeypatch.setattr(Deferred, "materialize", lambda self: alive.track(make(self)))  # float32 model: copyable
+    r = finetune(tiny("llama"), TASK, FinetuneConfig(nproc=nproc, roles="attn,mlp", rank=4, steps=2, batch=4,
+                                                     lr=1e-2), progress=False)
+    ck = r.ck
+    assert len(ck.changed) == 14 and all(isinstance(v, Deferred) for v in ck.staged.values())
+    assert alive.now == 0 and alive.made >= 14 and alive.peak == 1
+    (folder,) = tmp_path.glob("surgeon-*")
+    assert len(list(folder.glob("delta-*.safetensors"))) == 14
+    alive.peak = alive.made = 0
+    ck.save(tmp_path / "out")
+    assert alive.made >= 2 * 14 and alive.now == 0
+    assert alive.peak <= 2, f"{alive.peak} trained tensors alive at once during the save"
+    saved = open_checkpoint(tmp_path / "out")
+    assert all(torch.equal(saved.stored(name), ck.stored(name)) for name in ck.changed)
+    assert folder.is_dir()
+    ck.reset()
+    assert not folder.exists()  # the last value that read from it is gone
+
+
+def test_ranks_after_the_first_build_the_model_on_the_meta_device(tiny):
+    """Ranks > 0 get their shards from rank 0: they build the same modules, shapes, dtypes and attention
+    implementation as rank 0's loaded model, and no weights."""
+    from surgeon.runtime import load
+    from surgeon.study.finetune_dist import _skeleton
+
+    ck = open_checkpoint(tiny("llama", tie_word_embeddings=True))
+    bare, loaded = _skeleton(ck).model, load(ck, from_env=False).model
+    assert {p.device.type for p in bare.parameters()} == {"meta"}
+    assert bare.lm_head.weight is bare.model.embed_tokens.weight  # tied as in the loaded model
+    for mine, theirs in ((bare.named_parameters(), loaded.named_parameters()),
+                         (bare.named_buffers(), loaded.named_buffers())):
+        assert {n: (t.shape, t.dtype) for n, t in mine} == {n: (t.shape, t.dtype) for n, t in theirs}
+    assert bare.config._attn_implementation == loaded.config._attn_implementation
+
+
 def test_cli_nproc_saves_a_checkpoint_with_its_manifest(tiny, tmp_path):
     from surgeon.cli import main
 
@@ -88,3 +135,61 @@ def test_nproc_refuses_staged_changes_and_too_few_rows(tiny, tmp_path):
     with pytest.raises(FinetuneError, match="nproc 9: between 1 and batch"):
         finetune(tiny("llama"), TASK, FinetuneConfig(nproc=9, batch=8), progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_torchrun_is_reported_by_its_root_cause(tmp_path):
+    """No rank wrote an error file (it died before Python could): the one line is torchrun's root-cause summary."""
+    from surgeon.study.finetune_dist import _cause
+
+    log = tmp_path / "log.txt"
+    log.write_text("W1206 rank 1 starting\n" + "=" * 54 + "\nsurgeon.study.finetune_dist FAILED\n" + "-" * 54 +
+                   "\nFailures:\n  <NO_OTHER_FAILURES>\n" + "-" * 54 + "\nRoot Cause (first observed failure):\n[0]:\n"
+                   "  time      : 2026-12-06_12:00:00\n  host      : box\n  rank      : 1 (local_rank: 1)\n"
+                   "  exitcode  : -9 (pid: 4242)\n  error_file: <N/A>\n"
+                   "  traceback : Signal 9 (SIGKILL) received by PID 4242\n" + "=" * 54 + "\n")
+    assert _cause(log) == ("rank 1 (local_rank: 1); exitcode -9 (pid: 4242); "
+                           "traceback Signal 9 (SIGKILL) received by PID 4242")
+    log.write_text("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                   "RuntimeError: Connection reset by peer\n" + "=" * 54 + "\n")
+    assert _cause(log) == "RuntimeError: Connection reset by peer"
+
+
+def test_a_launch_that_dies_outside_the_ranks_runs_once_more_and_says_so(tiny, monkeypatch):
+    import subprocess
+
+    import surgeon.study.finetune_dist as fd
+
+    real, calls = subprocess.run, []
+
+    def dies_once(cmd, **kw):
+        calls.append(cmd)
+        if len(calls) > 1:
+            return real(cmd, **kw)
+        kw["stdout"].write(b"Root Cause (first observed failure):\n[0]:\n  rank      : 0 (local_rank: 0)\n"
+                           b"  exitcode  : -11 (pid: 7)\n  traceback : Signal 11 (SIGSEGV) received by PID 7\n")
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(fd.subprocess, "run", dies_once)
+    run = finetune(tiny("llama"), TASK, FinetuneConfig(nproc=2, layers="0", roles="attn.q", steps=2, batch=4),
+                   progress=False)
+    assert len(calls) == 2 and run.ck.changed == ["model.layers.0.self_attn.q_proj.weight"]
+    assert run.notes[0].startswith("torchrun failed before any rank raised (exit 1: rank 0 (local_rank: 0); "
+                                   "exitcode -11 (pid: 7); traceback Signal 11 (SIGSEGV)")
+
+
+def test_a_rank_that_raised_is_not_run_again(tiny, monkeypatch):
+    import subprocess
+
+    import surgeon.study.finetune_dist as fd
+
+    calls = []
+
+    def raises(cmd, **kw):
+        calls.append(cmd)
+        (Path(cmd[-1]) / "error-1.txt").write_text("rank 1: ValueError: the data is wrong")
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(fd.subprocess, "run", raises)
+    with pytest.raises(FinetuneError, match=r"torchrun exit 1\): rank 1: ValueError: the data is wrong$"):
+        finetune(tiny("llama"), TASK, FinetuneConfig(nproc=2, steps=1, batch=4), progress=False)
+    assert len(calls) == 1

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from alive import Alive
 
 import surgeon
 from surgeon.io.shards import read_header, sha256_range, write_shard
@@ -179,6 +180,54 @@ def test_a_staged_value_equal_to_the_input_leaves_the_shard_shared(tiny, tmp_pat
     assert doc["tensors"] == [] and doc["files"]["linked"] == ["model.safetensors"]
     assert os.path.samefile(ck.path / "model.safetensors", tmp_path / "out" / "model.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# ------------------------------------------------------- deferred values: the save makes one at a time
+
+
+DEFERRED = [f"layers.{i}.{r}" for i in (0, 1) for r in ("attn.q", "attn.k", "attn.o", "mlp.up", "mlp.down")]
+
+
+@pytest.mark.parametrize("how", ["patched", "rewritten"])
+def test_a_save_of_deferred_values_holds_one_per_thread_however_many_are_staged(tiny, tmp_path, how):
+    """Ten tensors staged with defer(): none is made until read, and the save (manifest hash in one thread,
+    writer in the other) never holds more than two; the bytes are those of the same values staged eagerly."""
+    alive = Alive()
+    lazy, eager = surgeon.open(tiny("llama")), surgeon.open(tiny("llama"))  # float32: no cast copies the value
+    for n, key in enumerate(DEFERRED):
+        lazy.defer(key, lambda w, n=n: alive.track(w * (1.5 + n)))
+        eager[key] = eager[key] * (1.5 + n)
+    if how == "rewritten":  # a new tensor changes the shard's layout: it is streamed tensor by tensor
+        for ck in (lazy, eager):
+            ck.add("layers.0.attn.o.bias", torch.zeros(ck.shape("layers.0.attn.o")[0]))
+    assert alive.made == 0 and lazy.changed == eager.changed
+    torch.testing.assert_close(lazy["layers.1.mlp.up"], eager["layers.1.mlp.up"], rtol=0, atol=0)
+    assert alive.made == 1 and alive.now == 0  # a read makes the value and drops it
+    doc = lazy.save(tmp_path / "lazy")
+    assert doc["files"][how] == ["model.safetensors"]
+    assert alive.made >= 2 * len(DEFERRED) + 1 and alive.now == 0  # hashed and written: each made twice
+    assert alive.peak <= 2, f"{alive.peak} deferred values alive at once"
+    plain = eager.save(tmp_path / "eager")
+    shard = "model.safetensors"
+    assert (tmp_path / "lazy" / shard).read_bytes() == (tmp_path / "eager" / shard).read_bytes()
+    assert [t["new_sha256"] for t in doc["tensors"]] == [t["new_sha256"] for t in plain["tensors"]]
+
+
+def test_defer_builds_on_what_is_staged_and_checks_the_value_when_made(tiny, tmp_path):
+    ck = surgeon.open(tiny("llama"))
+    before = ck["layers.0.mlp.down"]
+    ck["layers.0.mlp.down"] = before * 2
+    ck.defer("layers.0.mlp.down", lambda w: w + 1)  # on top of the eager edit
+    ck.defer("layers.0.mlp.down", lambda w: w * 3)  # and on top of the deferred one
+    torch.testing.assert_close(ck["layers.0.mlp.down"], (before * 2 + 1) * 3, rtol=0, atol=1e-6)
+    ck.defer("layers.0.mlp.up", lambda w: w * float("inf"))
+    with pytest.raises(surgeon.errors.EditError, match="layers.0.mlp.up .*Inf"):
+        ck["layers.0.mlp.up"]
+    ck = surgeon.open(tiny("llama"))
+    ck.defer("layers.0.mlp.gate", lambda w: w[:, :3])
+    with pytest.raises(surgeon.errors.EditError, match="layers.0.mlp.gate .*does not match"):
+        ck.save(tmp_path / "never")
+    assert not (tmp_path / "never").exists()
 
 
 # ------------------------------------------------------- prefetch: the copy overlaps the edit

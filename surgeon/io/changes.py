@@ -22,6 +22,7 @@ import re
 from typing import TYPE_CHECKING
 
 from surgeon.io.shards import ITEMSIZE, dtype_code, sha256_range, tensor_bytes
+from surgeon.io.values import materialize
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +91,8 @@ def same_bytes(a, b, name: str) -> bool:
 def staged_changes(ck) -> list[dict]:
     """One manifest record per staged tensor whose bytes really differ from the input (``value`` included).
 
-    ``value`` is the staged tensor, or the :class:`surgeon.io.rows.RowPatches` of a row-wise edit
+    ``value`` is the staged tensor, a :class:`surgeon.io.values.Deferred` (made to be hashed and
+    dropped: the writer makes it again), or the :class:`surgeon.io.rows.RowPatches` of a row-wise edit
     (hashed by streaming the input's bytes with the patches laid over them).
     """
     out = []
@@ -99,7 +101,7 @@ def staged_changes(ck) -> list[dict]:
         added = name in ck.added
         e = None if added else ck.entries[name]
         if name in ck.staged:
-            new_sha = hashlib.sha256(tensor_bytes(value)).hexdigest()
+            new_sha = hashlib.sha256(tensor_bytes(materialize(value))).hexdigest()
         else:
             new_sha = value.sha256(ck.path / e.file)
         old_sha = None if added else sha256_range(str(ck.path / e.file), e.start, e.end)

@@ -2,7 +2,8 @@
 
 ``surgeon.open(path)`` reads config.json, the shard index and the safetensors
 headers, nothing else. Tensors are read on demand, one at a time. Changes are
-*staged* in memory (``ck[key] = t``) and only reach disk through
+*staged* in memory (``ck[key] = t``), or as a recipe made on each read
+(``ck.defer(key, update)``: nothing held until then), and only reach disk through
 :func:`surgeon.io.save.save`, which never writes into the input directory.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +22,7 @@ from surgeon.io.layout import read_layout
 from surgeon.io.rows import RowPatches, rows_on_disk
 from surgeon.io.save import save
 from surgeon.io.shards import ShardHeader, TensorEntry, read_tensor
-from surgeon.io.values import cast_checked, shares_memory
+from surgeon.io.values import Deferred, cast_checked, materialize, shares_memory
 from surgeon.roles import Architecture, RoleRef, RoleTable, find_architecture
 
 if TYPE_CHECKING:  # torch is imported on the first tensor read, not on open
@@ -60,7 +62,8 @@ class Checkpoint:
         self.shards = shards
         self.entries = entries
         self.index = index
-        self.staged: dict[str, torch.Tensor] = {}  # tensor name -> stored dtype, stored orientation
+        # tensor name -> stored dtype, stored orientation: a tensor, or a Deferred made on each read (defer)
+        self.staged: dict[str, torch.Tensor | Deferred] = {}
         self.patches: dict[str, RowPatches] = {}  # tensor name -> staged rows (set_rows), the rest in the file
         self.added: dict[str, str] = {}  # new tensor name -> shard it goes into
         self.files: dict[str, bytes] = {}  # other files to write (tokenizer edits), relative name -> bytes
@@ -128,7 +131,7 @@ class Checkpoint:
     def stored(self, name: str) -> torch.Tensor:
         """A tensor as stored on disk (dtype and orientation), staged value (or rows) if any."""
         if name in self.staged:
-            return self.staged[name]
+            return materialize(self.staged[name])
         if name in self.patches:
             return self.patches[name].materialize(self.path / self.entries[name].file)
         return self.original(name)
@@ -163,7 +166,8 @@ class Checkpoint:
         stored = self.stored(ref.tensor)
         t = ref.view.read(stored)
         t = t if dtype is None else t.to(dtype)
-        if ref.tensor in self.staged and shares_memory(t, stored):
+        held = self.staged.get(ref.tensor)
+        if held is not None and not isinstance(held, Deferred) and shares_memory(t, stored):
             t = t.clone()  # changing the returned tensor in place must not bypass set()'s checks
         return t
 
@@ -224,6 +228,41 @@ class Checkpoint:
         staged = ref.view.write(base, stored_value).contiguous()
         self.staged[ref.tensor] = staged.clone() if shares_memory(staged, value) else staged
         self.patches.pop(ref.tensor, None)  # the whole value supersedes staged rows
+
+    def defer(self, key: str, update: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Stage ``update(ck[key])`` without computing it: the value is made on each read and dropped after.
+
+        ``update`` gets the key's current value (float32, (out, in), what
+        ``ck[key]`` returns now: earlier staged edits, deferred ones included,
+        are its base) and returns the new one, checked and cast as by
+        :meth:`set` when it is made. Only what ``update`` closes over is held
+        (the fine-tune's: a delta file's name), so staging every tensor of a
+        model costs nothing and :func:`surgeon.io.save.save` holds one at a
+        time. ``update`` must give the same value on every call.
+        """
+        ref = self.resolve(key)
+        name, what = ref.tensor, f"{key} ({ref.tensor})"
+        before, dtype, want = self._frozen(name), self.stored_dtype(name), self.shape(key)
+
+        def make():
+            base = before()
+            value = update(ref.view.read(base).float())
+            if tuple(value.shape) != tuple(want):
+                raise EditError(f"{what}: deferred value of shape {tuple(value.shape)} does not match {tuple(want)}")
+            stored_value = cast_checked(value.detach().cpu(), dtype, what)
+            return ref.view.write(base if ref.view.rows is not None else None, stored_value).contiguous()
+
+        self.staged[name] = Deferred(self._stored_shape(name), dtype, make)
+        self.patches.pop(name, None)
+
+    def _frozen(self, name: str) -> Callable[[], torch.Tensor]:
+        """Reads tensor ``name`` as it is staged now, later (holding no more than the staged value already holds)."""
+        prior = self.staged.get(name)
+        if prior is not None:
+            return lambda: materialize(prior)
+        e, rows = self.entries[name], self.patches.get(name)
+        path = self.path / e.file
+        return (lambda: rows.materialize(path)) if rows is not None else (lambda: read_tensor(path, e))
 
     def set_rows(self, key: str, start: int, value: torch.Tensor) -> None:
         """Stage rows ``start .. start + len(value)`` of a role key or raw name ((out, in) rows).

@@ -6,6 +6,9 @@
   kernel (``copy_file_range``, as ``cp`` does) around the changed byte ranges,
   which are written from the staged values: as fast as ``cp``, nothing but
   the staged tensors in memory, and overlapped with the manifest's hashing.
+  A deferred value (:meth:`Checkpoint.defer`) is made when its bytes are
+  written and dropped right after, so such a save holds one per thread
+  (the writer's and the hasher's), however many are staged.
   Under ``surgeon apply`` the copy starts earlier, on the script's first read
   of the shard (:class:`Prefetch`), so it overlaps the edit itself.
 * A shard whose layout changes (new rows, new tensors) is rewritten by
@@ -35,6 +38,7 @@ from surgeon.io.atomic import atomic_output, stays_inside
 from surgeon.io.changes import config_changes, staged_changes
 from surgeon.io.rows import RowPatches
 from surgeon.io.shards import copy_range, dtype_code, encode_header, tensor_bytes
+from surgeon.io.values import materialize
 
 MANIFEST = "surgeon.json"
 # weights in formats we do not rewrite: copying them next to edited safetensors would ship stale weights
@@ -190,15 +194,21 @@ def _patchable(ck) -> dict[str, list[str]]:
     return {rel: names for rel, names in out.items() if rel not in bad}
 
 
-def _writes(ck, names: list[str]) -> list[tuple[int, memoryview]]:
-    """(absolute offset, bytes) replacing the staged tensors' bytes (row patches: only their rows)."""
+def _writes(ck, names: list[str]) -> list[tuple[int, object]]:
+    """(absolute offset, what gives the bytes) replacing the staged tensors' bytes (row patches: only their
+    rows), in file order. A staged value's bytes are asked for when they are written (:func:`_bytes`)."""
     out = []
     for name in names:
         if name in ck.staged:
-            out.append((ck.entries[name].start, tensor_bytes(ck.staged[name])))
+            out.append((ck.entries[name].start, ck.staged[name]))
         else:
             out.extend(ck.patches[name].writes())
     return sorted(out, key=lambda w: w[0])
+
+
+def _bytes(value) -> memoryview:
+    """Bytes to write: a staged value's (a deferred one made now) or a row patch's as they are."""
+    return value if isinstance(value, (bytes, memoryview)) else tensor_bytes(materialize(value))
 
 
 def _copy_and_patch(src: Path, dst: Path, header, names: list[str], ck, ready: Path | None = None) -> None:
@@ -213,18 +223,20 @@ def _copy_and_patch(src: Path, dst: Path, header, names: list[str], ck, ready: P
     if ready is not None:
         os.rename(ready, dst)
         with open(dst, "r+b") as fo:
-            for start, data in writes:
+            for start, value in writes:
                 fo.seek(start)
-                fo.write(data)
+                fo.write(_bytes(value))
             if fo.seek(0, os.SEEK_END) != header.file_size:
                 raise CheckpointError(f"{dst}: holds {fo.tell()} bytes after patching, expected {header.file_size}")
         return
     pos = 0
     with open(src, "rb") as fi, open(dst, "wb") as fo:
-        for start, data in writes:
+        for start, value in writes:
             copy_range(fi, fo, pos, start - pos)
+            data = _bytes(value)
             fo.write(data)
             pos = start + data.nbytes
+            del data  # a deferred value's bytes go before the next one is made
         copy_range(fi, fo, pos, header.file_size - pos)
         if fo.tell() != header.file_size:
             raise CheckpointError(f"{dst}: wrote {fo.tell()} bytes, expected {header.file_size}")
@@ -248,7 +260,7 @@ def _rewrite(src: Path, dst: Path, header, mine: list[dict], ck) -> None:
             if isinstance(v, RowPatches):
                 v.write_to(fi, fo)
             elif v is not None:
-                fo.write(tensor_bytes(v))
+                fo.write(_bytes(v))
             else:
                 copy_range(fi, fo, e.start, e.nbytes)
 
@@ -270,8 +282,8 @@ def _write_index(ck, tmp: Path, changes: list[dict]) -> None:
 
 
 def _nbytes(v) -> int:
-    """Bytes of a staged value: a tensor or a :class:`RowPatches`."""
-    return v.nbytes if isinstance(v, RowPatches) else v.numel() * v.element_size()
+    """Bytes of a staged value: a tensor, a :class:`surgeon.io.values.Deferred` or a :class:`RowPatches`."""
+    return v.nbytes
 
 
 def _copy_other_files(ck, tmp: Path) -> None:

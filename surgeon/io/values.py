@@ -1,4 +1,5 @@
-"""A staged value's checks: finite, representable in the stored dtype, not sharing the caller's memory.
+"""A staged value's checks (finite, representable in the stored dtype, not sharing the caller's memory), and
+staged values that are computed when read (:class:`Deferred`).
 
 :meth:`surgeon.io.checkpoint.Checkpoint.set` and ``set_rows`` cast every value
 through :func:`cast_checked`, so an edit that overflows fp16 fails naming the
@@ -8,6 +9,7 @@ tensor instead of writing inf into the checkpoint.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from surgeon.errors import EditError
@@ -15,6 +17,39 @@ from surgeon.io.shards import dtype_code
 
 if TYPE_CHECKING:
     import torch
+
+
+class Deferred:
+    """A staged value whose bytes are made on each read: its stored shape and dtype now, ``make()`` later.
+
+    :meth:`surgeon.io.checkpoint.Checkpoint.defer` stages one per tensor (the
+    fine-tune: base read from the input + delta read from its file), so a
+    checkpoint with hundreds of trained tensors holds none of them: every
+    reader (``ck[key]``, ``ck.stored``, the manifest's hash, the writer)
+    makes the value, uses it and drops it, one tensor at a time.
+    """
+
+    __slots__ = ("shape", "dtype", "make")
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, make: Callable[[], torch.Tensor]):
+        self.shape, self.dtype, self.make = tuple(shape), dtype, make
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def materialize(self) -> torch.Tensor:
+        """The value (stored dtype and orientation), made now; checked against the shape and dtype it promised."""
+        t = self.make()
+        if tuple(t.shape) != self.shape or t.dtype != self.dtype:
+            raise EditError(f"a deferred value promised {self.shape} {dtype_code(self.dtype)} "
+                            f"and made {tuple(t.shape)} {dtype_code(t.dtype)}")
+        return t
+
+
+def materialize(value):
+    """A staged value as a tensor: a :class:`Deferred` made now, a tensor as it is."""
+    return value.materialize() if isinstance(value, Deferred) else value
 
 
 def shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:

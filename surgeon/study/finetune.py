@@ -17,9 +17,14 @@ the changed tensors into the Checkpoint, so the result goes through the same
   cover layer projections and ``lm_head`` together, which
   ``target_modules`` + ``layers_to_transform`` cannot); after training each
   adapter's B·A·scale (peft's ``get_delta_weight``) is added to its tensor
-  (:func:`stage_deltas`; the same path serves ``nproc`` > 1, whose ranks
-  write the deltas). Norms are vectors with nothing to factor: under LoRA
-  they are trained in full.
+  (:func:`stage_deltas`). Norms are vectors with nothing to factor: under
+  LoRA they are trained in full.
+* **The merge** holds one tensor at a time: every trained tensor's delta
+  goes to its own file in a temporary folder (one process, or rank 0 of
+  ``nproc`` > 1), the model is dropped, and each tensor is staged as
+  base + delta deferred (:meth:`surgeon.io.checkpoint.Checkpoint.defer`),
+  made again from the files by whatever reads it (the save: one at a time).
+  The folder lives as long as the staged values that read it.
 * **full**: the chosen tensors are unfrozen, everything else frozen.
   ``max_delta`` bounds every weight to ± that much around its start after
   each step: the L∞-constrained fine-tune FT-L (Zhu et al. 2020, "Modifying
@@ -43,11 +48,15 @@ vanishes there, so the result reports how much survived the cast
 from __future__ import annotations
 
 import math
+import tempfile
 import time
+import weakref
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from surgeon.io.atomic import check_output
 from surgeon.io.changes import count_changed
@@ -105,18 +114,14 @@ def finetune(ck_or_path, task: Task | str | Path, config: FinetuneConfig | None 
 
     if cfg.nproc > 1:
         run = finetune_dist.launch(ck, task, cfg, keys, progress=progress)
-        changed, update_kept = stage_deltas(ck, run.deltas(), notes)
         n_trainable, losses, tokens, train_s = run.n_trainable, run.losses, run.tokens, run.train_s
-        peak = max(run.peak_mb, peak_rss_mb())  # the largest rank, or this process's staging
+        files, folder, peak = run.files, run.folder, run.peak_mb  # the largest rank's peak
         notes.extend(run.notes)
     else:
-        torch.manual_seed(cfg.seed)
-        rt = load(ck, from_env=False)
-        rows = train.encode(rt.tokenizer, task, cfg.max_length, notes)
-        job = train.prepare(rt, ck, cfg, keys, notes)
-        losses, tokens, train_s = train.train(rt, job, rows, cfg, progress)
-        changed, update_kept = stage_deltas(ck, train.deltas(job, keys, ck), notes)
-        n_trainable, peak = job.n_trainable, peak_rss_mb()
+        n_trainable, losses, tokens, train_s, files, folder = _train_here(ck, task, cfg, keys, notes, progress)
+        peak = 0.0
+    changed, update_kept = stage_deltas(ck, files, notes, folder=folder)
+    peak = max(peak, peak_rss_mb())  # this process's training, or its staging
 
     cfg_doc = asdict(cfg)
     ck.record("finetune", **cfg_doc, targets=keys, task=task.name)
@@ -133,22 +138,66 @@ def finetune(ck_or_path, task: Task | str | Path, config: FinetuneConfig | None 
     return result
 
 
-def stage_deltas(ck, deltas, notes: list[str]) -> tuple[int, float]:
-    """Add each (key, delta) to the checkpoint, one tensor at a time; returns (elements changed, update kept).
+def _train_here(ck, task: Task, cfg: FinetuneConfig, keys: list[str], notes: list[str], progress: bool):
+    """Train in this process; the deltas go to files in a temporary folder and the model is dropped.
+    Returns (trainable parameters, losses, tokens, seconds, delta files, their folder)."""
+    torch.manual_seed(cfg.seed)
+    rt = load(ck, from_env=False)
+    rows = train.encode(rt.tokenizer, task, cfg.max_length, notes)
+    job = train.prepare(rt, ck, cfg, keys, notes)
+    losses, tokens, train_s = train.train(rt, job, rows, cfg, progress)
+    folder = tempfile.TemporaryDirectory(prefix="surgeon-finetune-")
+    try:
+        files = train.write_deltas(train.deltas(job, keys, ck), Path(folder.name))
+    except BaseException:
+        folder.cleanup()
+        raise
+    return job.n_trainable, losses, tokens, train_s, files, folder
 
-    Deltas of one stored tensor add up (two LoRA adapters on a tied
-    ``embed`` / ``lm_head`` both land in the shared matrix).
+
+class _Lease:
+    """Keeps a temporary folder while a staged value reads from it; the folder goes with the last one (or at exit)."""
+
+    def __init__(self, folder: tempfile.TemporaryDirectory):
+        weakref.finalize(self, folder.cleanup)
+
+
+def _plus_delta(file: Path, pkey: str, _lease, current: torch.Tensor) -> torch.Tensor:
+    """``current`` + the delta of ``pkey`` read from ``file`` (a deferred value's update; ``_lease`` is held)."""
+    with safe_open(file, "pt") as fh:
+        return current + fh.get_tensor(pkey)
+
+
+def stage_deltas(ck, files: list[Path], notes: list[str], *, folder=None) -> tuple[int, float]:
+    """Stage base + delta for every delta in ``files``, one tensor at a time; returns (elements changed, update kept).
+
+    ``files``: one safetensors file per trained tensor's float32 delta, keyed
+    by role (:func:`surgeon.study.train.write_deltas`). Each sum is made here
+    once for the figures, dropped, and staged deferred
+    (:meth:`surgeon.io.checkpoint.Checkpoint.defer`): whatever reads it later,
+    the save included, makes it again from the files, so the merge never
+    holds more than a tensor or two. ``folder`` (the ``TemporaryDirectory``
+    holding the files) is removed once no staged value reads from it (``ck.reset()``,
+    a new value, ``ck`` itself gone). Deltas of one stored tensor add up (two
+    LoRA adapters on a tied ``embed`` / ``lm_head`` land in the one matrix).
     """
-    trained_sq, lost_sq = 0.0, 0.0
-    start: dict[str, torch.Tensor] = {}  # stored tensor -> its value before the first delta
-    for pkey, delta in deltas:
-        ref = ck.resolve(pkey)
-        start.setdefault(ref.tensor, ck.stored(ref.tensor))
-        new = ref.view.read(ck.stored(ref.tensor)).float() + delta
-        ck[pkey] = new
-        trained_sq += float(delta.pow(2).sum())
-        lost_sq += float((ck[pkey] - new).pow(2).sum())
-    changed = sum(count_changed(old, ck.stored(name)) for name, old in start.items())
+    lease = _Lease(folder) if folder is not None else None
+    groups: dict[str, list[tuple[str, Path]]] = {}  # stored tensor -> its (key, file) deltas, in order
+    for f in files:
+        with safe_open(f, "pt") as fh:
+            for pkey in fh.keys():
+                groups.setdefault(ck.resolve(pkey).tensor, []).append((pkey, f))
+    trained_sq, lost_sq, changed = 0.0, 0.0, 0
+    for name, items in groups.items():
+        old = ck.stored(name)
+        for pkey, f in items:
+            with safe_open(f, "pt") as fh:
+                delta = fh.get_tensor(pkey)
+            new = ck[pkey] + delta
+            ck.defer(pkey, partial(_plus_delta, f, pkey, lease))
+            trained_sq += float(delta.pow(2).sum())
+            lost_sq += float((ck[pkey] - new).pow(2).sum())
+        changed += count_changed(old, ck.stored(name))
     update_kept = 1.0 - math.sqrt(lost_sq / trained_sq) if trained_sq > 0 else 0.0
     if trained_sq > 0 and update_kept < 0.5:
         notes.append(f"only {update_kept:.0%} of the update's norm survives the cast to the stored dtype; "

@@ -7,22 +7,29 @@ folder and runs ``python -m torch.distributed.run --standalone
 (:func:`main`):
 
 1. joins the process group (gloo on CPU, nccl with one GPU per rank);
-2. builds the same model, LoRA initialisation and batch order from the same seed;
+2. rank 0 loads the model from the files and draws the LoRA initialisation
+   from the seed (as one process does); the other ranks build it on the meta
+   device (modules and shapes, no weights);
 3. shards it with FSDP2: ``fully_shard`` on every decoder layer (the layer
    path from the role table), then on the root (embeddings, final norm, head);
+   rank 0 then sends every tensor in turn and each rank keeps its shard
+   (``set_model_state_dict(..., broadcast_from_rank0=True)``), and the
+   buffers the state dict leaves out (rotary frequencies) are broadcast;
 4. trains with :func:`surgeon.study.train.train`, taking rows ``rank::N`` of
    every batch;
 5. unshards one FSDP unit at a time to read each trained tensor's delta
    (:func:`surgeon.study.train.deltas`); rank 0 writes each to its own
    safetensors file.
 
-Back in the caller, :meth:`Run.deltas` memory-maps those files one at a time
-for :func:`surgeon.study.finetune.stage_deltas`, which adds them to the
-checkpoint through the usual staging and streaming save.
+Back in the caller, :func:`surgeon.study.finetune.stage_deltas` stages each
+tensor as base + delta *deferred*: the checkpoint holds the file's name, and
+the streaming save makes each tensor from the input and its delta file when
+it writes it, one at a time. The job folder lives until the last such value
+is dropped.
 
-Each rank builds the whole model before sharding it, so FSDP here divides the
-gradients, optimiser state and activations, not the weights at load
-(docs/scale.md says what that means for a 70B model).
+Only rank 0 holds the whole model, while it loads and sends it; the other
+ranks hold their shards, so FSDP here divides the weights too, except on rank
+0 (docs/scale.md says what that means for a 70B model).
 """
 
 from __future__ import annotations
@@ -38,13 +45,13 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
-from safetensors.torch import save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.fsdp import fully_shard
 
 from surgeon._threads import quiet_waits, thread_count
 from surgeon.io.checkpoint import open_checkpoint
-from surgeon.runtime import load
+from surgeon.runtime import Runtime, load
+from surgeon.runtime_placement import _auto_class as auto_class
 from surgeon.runtime_placement import default_device
 from surgeon.study import train
 from surgeon.study.config import FinetuneConfig, FinetuneError
@@ -63,18 +70,11 @@ class Run:
     peak_mb: float  # the largest rank's own peak
     notes: list[str]
     files: list[Path] = field(default_factory=list)
+    # holds the files; finetune.stage_deltas keeps it while the checkpoint's deferred values read from them
     folder: tempfile.TemporaryDirectory | None = None
 
-    def deltas(self):
-        """(key, float32 delta) per trained tensor, read one file at a time; the folder goes at the end."""
-        try:
-            for f in self.files:
-                with safe_open(f, "pt") as fh:
-                    for k in fh.keys():
-                        yield k, fh.get_tensor(k)
-        finally:
-            if self.folder is not None:
-                self.folder.cleanup()
+
+RETRIES = 1  # a launch that died outside every rank's Python (rendezvous, a signal) is run once more
 
 
 def launch(ck, task: Task, cfg: FinetuneConfig, keys: list[str], *, progress: bool = True) -> Run:
@@ -97,21 +97,36 @@ def launch(ck, task: Task, cfg: FinetuneConfig, keys: list[str], *, progress: bo
         print(f"finetune: {cfg.nproc} processes under torchrun (FSDP2), {each} thread(s) each", file=sys.stderr)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
            "-m", "surgeon.study.finetune_dist", str(job)]
-    with open(job / "log.txt", "wb") as log:
-        rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
+    retried = []
+    for attempt in range(1 + RETRIES):
+        with open(job / "log.txt", "wb") as log:
+            rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        if rc == 0:
+            break
         errors = sorted(job.glob("error-*.txt"))
-        why = errors[0].read_text().strip() if errors else _last_line(job / "log.txt")
-        folder.cleanup()
-        raise FinetuneError(f"finetune with nproc {cfg.nproc} failed (torchrun exit {rc}): {why}")
+        why = errors[0].read_text().strip() if errors else _cause(job / "log.txt")
+        if errors or attempt == RETRIES:  # a rank raised (the same data would raise again), or out of tries
+            folder.cleanup()
+            raise FinetuneError(f"finetune with nproc {cfg.nproc} failed (torchrun exit {rc}): {why}")
+        retried.append(f"torchrun failed before any rank raised (exit {rc}: {why}); ran it again")
+        for f in job.glob("delta-*.safetensors"):
+            f.unlink()
     doc = json.loads((job / "result.json").read_text())
-    return Run(doc["n_trainable"], doc["losses"], doc["tokens"], doc["train_s"], doc["peak_mb"], doc["notes"],
+    return Run(doc["n_trainable"], doc["losses"], doc["tokens"], doc["train_s"], doc["peak_mb"], retried + doc["notes"],
                sorted(job.glob("delta-*.safetensors")), folder)
 
 
-def _last_line(log: Path) -> str:
-    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    return lines[-1].strip() if lines else "no output"
+def _cause(log: Path) -> str:
+    """One line from torchrun's log: its root-cause summary (rank, exit code, traceback or signal), else the
+    last Python exception line, else the last line."""
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    if "Root Cause (first observed failure):" in lines:
+        summary = lines[lines.index("Root Cause (first observed failure):") + 1:]
+        fields = dict(re.match(r"(\w+)\s*:\s*(.*)", ln).groups() for ln in summary if re.match(r"\w+\s*:", ln))
+        if fields:
+            return "; ".join(f"{k} {fields[k]}" for k in ("rank", "exitcode", "traceback") if k in fields)
+    raised = [ln for ln in lines if re.match(r"[\w.]*(Error|Exception|Interrupt)\b.*", ln)]
+    return raised[-1] if raised else (lines[-1] if lines else "no output")
 
 
 # ----------------------------------------------------------------- one rank
@@ -125,14 +140,22 @@ def work(folder: Path, rank: int, world: int, device: str) -> None:
     cfg = FinetuneConfig(**doc["config"]).resolved(ck.num_layers)
     keys, notes = doc["keys"], []
 
-    torch.manual_seed(cfg.seed)  # the same model, LoRA initialisation and batches on every rank
-    rt = load(ck, device=device, from_env=False)
+    torch.manual_seed(cfg.seed)  # rank 0 draws the LoRA initialisation as one process does
+    rt = load(ck, device=device, from_env=False) if rank == 0 else _skeleton(ck)
     rows = train.encode(rt.tokenizer, task, cfg.max_length, notes)
     job = train.prepare(rt, ck, cfg, keys, notes)
+    full = job.model.state_dict() if rank == 0 else {}  # rank 0's whole model, LoRA factors included
     layers = [rt.layer(i) for i in range(rt.num_layers)]
     for layer in layers:
         fully_shard(layer)
     fully_shard(job.model)
+    if rank > 0:
+        job.model.to_empty(device=device)  # room for this rank's shards (and the buffers), nothing more
+    set_model_state_dict(job.model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del full
+    for b in job.model.buffers():  # rotary frequencies are not in the state dict (non-persistent)
+        dist.broadcast(b, src=0)
+    rt.device = torch.device(device)
     job.params = [p for p in job.train_model.parameters() if p.requires_grad]  # now the sharded parameters
     losses, tokens, train_s = train.train(rt, job, rows, cfg, False, rank=rank, world=world)
 
@@ -140,15 +163,24 @@ def work(folder: Path, rank: int, world: int, device: str) -> None:
         m = re.match(r"layers\.(\d+)\.", key)
         return layers[int(m.group(1))] if m else job.model
 
-    for n, (pkey, delta) in enumerate(train.deltas(job, keys, ck, owner)):
-        if rank == 0:
-            save_file({pkey: delta.contiguous()}, str(folder / f"delta-{n:05d}.safetensors"))
-    peak = torch.tensor([peak_rss_mb()], device=device)
-    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    train.write_deltas(train.deltas(job, keys, ck, owner), folder, write=rank == 0)
+    peaks = [torch.zeros(1, device=device) for _ in range(world)]
+    dist.all_gather(peaks, torch.tensor([peak_rss_mb()], device=device))
     if rank == 0:
         (folder / "result.json").write_text(json.dumps({
             "n_trainable": job.n_trainable, "losses": losses, "tokens": tokens, "train_s": train_s,
-            "peak_mb": float(peak.item()), "notes": notes}))
+            "peak_mb": max(float(p.item()) for p in peaks), "peaks_mb": [float(p.item()) for p in peaks],
+            "notes": notes}))
+
+
+def _skeleton(ck):
+    """A Runtime over the model built on the meta device: its modules and shapes, no weights (ranks > 0)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(ck.path)
+    with torch.device("meta"):
+        model = auto_class(config, ck.path).from_config(config, dtype=torch.float32)
+    return Runtime(ck, model=model, tokenizer=AutoTokenizer.from_pretrained(ck.path), device="meta")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,14 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if gpu else "cpu"
     if gpu:
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if gpu else "gloo")
     try:
+        dist.init_process_group("nccl" if gpu else "gloo")
         work(job, rank, world, device)
+        dist.barrier()  # no rank tears its connections down while another is still in a collective
     except Exception as e:  # the caller shows one line; torchrun stops the other ranks
         (job / f"error-{rank}.txt").write_text(f"rank {rank}: {type(e).__name__}: {e}".splitlines()[0])
         raise
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

@@ -6,7 +6,9 @@ the model sharded by FSDP2. The loop is the same: each rank takes its share of
 every batch (rows ``rank::world``) and scales its summed loss so that FSDP's
 averaged gradient equals the single process's. The result leaves as one
 delta per trained tensor (LoRA: peft's ``get_delta_weight``; trained in full:
-new − start), which the caller adds to the checkpoint tensor by tensor.
+new − start), each written to its own safetensors file (:func:`write_deltas`),
+which the caller stages into the checkpoint as base + delta read back at save
+(:func:`surgeon.study.finetune.stage_deltas`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from surgeon.study.config import FinetuneConfig, FinetuneError
@@ -245,3 +249,14 @@ def deltas(job: Job, keys: list[str], ck, owner=None):
                 yield pkey, ref.view.read(p.detach().float().cpu()) - ref.view.read(ck.stored(ref.tensor)).float()
         if home is not None:
             home.reshard()
+
+
+def write_deltas(deltas, folder: Path, *, write: bool = True) -> list[Path]:
+    """Save each (key, delta) of ``deltas`` to its own file ``folder/delta-NNNNN.safetensors``, one at a time;
+    returns the files. ``write=False`` (FSDP ranks > 0) only iterates: :func:`deltas` is a collective there."""
+    files = []
+    for n, (pkey, delta) in enumerate(deltas):
+        if write:
+            files.append(folder / f"delta-{n:05d}.safetensors")
+            save_file({pkey: delta.contiguous()}, str(files[-1]))
+    return files
