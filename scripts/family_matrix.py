@@ -46,16 +46,19 @@ def tiny_path(model_type: str) -> Path:
 
 
 def ensure_tiny(model_type: str) -> Path:
-    """The cached tiny checkpoint of ``model_type`` (built on first use; raises what transformers raises)."""
-    from tiny import build_any
+    """The cached tiny checkpoint of ``model_type`` (built on first use; raises what transformers raises).
+    A composite config (a multimodal wrapper) is built whole, every sub-config shrunk (tests/tiny.py)."""
+    from tiny import build_any, build_wrapped
+    from transformers import CONFIG_MAPPING
 
     from surgeon.io.atomic import atomic_output
 
     path = tiny_path(model_type)
     if not (path / "config.json").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
+        build = build_wrapped if getattr(CONFIG_MAPPING[model_type], "sub_configs", None) else build_any
         with atomic_output(path) as tmp:
-            build_any(model_type, tmp, **TINY_OVERRIDES.get(model_type, {}))
+            build(model_type, tmp, **TINY_OVERRIDES.get(model_type, {}))
     return path
 
 
@@ -68,15 +71,18 @@ def status(model_type: str) -> dict:
     if any(model_type in a.model_types for a in architectures().values()):
         return {"status": "table"}
     sub = getattr(CONFIG_MAPPING[model_type], "sub_configs", None)
-    if sub:
-        return {"status": "refused", "reason": f"composite config ({', '.join(sub)}): multimodal or nested towers"}
     try:
         path = ensure_tiny(model_type)
     except Exception as e:  # noqa: BLE001 - recorded as the reason
-        return {"status": "refused", "reason": f"no tiny model from its config class ({type(e).__name__})"}
+        what = f"composite config ({', '.join(sub)}): " if sub else ""
+        return {"status": "refused", "reason": f"{what}no tiny model from its config class ({type(e).__name__})"}
     ck = surgeon.open(path)
     if ck.architecture is None:
         return {"status": "refused", "reason": ck.unknown_reason.split("no inference (")[-1].rstrip(")").split(");")[0]}
+    if ck.architecture.text_config:  # a wrapper: the text tower's roles, the other towers' tensors keep none
+        text = json.loads((path / "config.json").read_text())[ck.architecture.text_config].get("model_type")
+        return {"status": "wrapped", "reason": f"text tower {text} at {ck.architecture.layer.rsplit('.', 2)[0]}; "
+                                               f"{len(ck.roles.unclassified)} tensor(s) of other towers: no role"}
     left = ck.roles.unclassified
     return {"status": "partial", "no_role": left} if left else {"status": "inferred"}
 
@@ -105,14 +111,15 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--verify", action="store_true", help="also run the behaviour checks (tests/test_matrix.py)")
+    ap.add_argument("--types", help="only these model_types, comma-separated (default: every causal-LM family)")
     args = ap.parse_args()
     signal.signal(signal.SIGALRM, _alarm)
     out = {}
-    for mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    for mt in args.types.split(",") if args.types else MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         signal.alarm(60)
         try:
             out[mt] = status(mt)
-            if args.verify and out[mt]["status"] in ("inferred", "partial"):
+            if args.verify and out[mt]["status"] in ("inferred", "partial", "wrapped"):
                 out[mt]["behaviour"] = verify(mt)
         except _Timeout as e:
             out[mt] = {"status": "refused", "reason": str(e)}

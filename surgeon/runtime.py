@@ -167,7 +167,10 @@ class Runtime:
 
     @contextmanager
     def capture(self, points: Iterable[str], *, detach: bool = True):
-        """Record activations at ``points``: yields a dict point -> tensor (last forward pass)."""
+        """Record activations at ``points``: yields a dict point -> tensor (last forward pass).
+
+        Each is a copy: a model may add into a module's output in place after the hook has run (Falcon's
+        parallel block: ``mlp_output += attention_output``), which would change a recorded view."""
         store: dict[str, torch.Tensor] = {}
         handles = []
         for p in points:
@@ -175,12 +178,12 @@ class Runtime:
             if p.endswith(".input"):
                 def pre(mod, args, kwargs, p=p):
                     x = args[0] if args else next(iter(kwargs.values()))
-                    store[p] = x.detach() if detach else x
+                    store[p] = (x.detach() if detach else x).clone()
                 handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
             else:
                 def post(mod, args, out, p=p):
                     x = _main(out)
-                    store[p] = x.detach() if detach else x
+                    store[p] = (x.detach() if detach else x).clone()
                 handles.append(m.register_forward_hook(post))
         try:
             yield store

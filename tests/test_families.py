@@ -292,10 +292,12 @@ def _uniform_attention_output(ck, rt, x, layer: int = 0):
     cfg = rt.model.config.get_text_config()  # a multimodal wrapper: its text tower's
     att = rt.module(f"layers.{layer}.attn")
     heads = cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     v = x @ ck[f"layers.{layer}.attn.v"].T
     if f"layers.{layer}.attn.v.bias" in ck:
         v = v + ck[f"layers.{layer}.attn.v.bias"]
+    # key/value heads from v's width, not the config: Falcon's multi_query keeps one whatever num_kv_heads says
+    head_dim = getattr(att, "head_dim", None) or getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    kv_heads = v.shape[1] // head_dim
     t = v.shape[0]
     pos = torch.arange(t)
     seen = pos[None, :] <= pos[:, None]
@@ -304,7 +306,6 @@ def _uniform_attention_output(ck, rt, x, layer: int = 0):
         seen &= pos[:, None] - pos[None, :] < window
     n = seen.sum(1, keepdim=True).to(v.dtype)  # keys each position attends to
     mean = (seen.to(v.dtype) @ v) / n
-    head_dim = v.shape[1] // kv_heads
     mean = mean.view(t, kv_heads, head_dim).repeat_interleave(heads // kv_heads, dim=1)
     sinks = getattr(att, "sinks", None)
     if isinstance(sinks, torch.Tensor):

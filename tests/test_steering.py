@@ -273,3 +273,18 @@ def test_example_scripts_bake_and_ablate_a_saved_vector(smollm2, happy, tmp_path
         assert touched == keys
     else:
         assert plan["config_changes"].get("mlp_bias") == [False, True], plan["config_changes"]
+
+
+def test_capture_keeps_what_it_saw_when_the_model_adds_into_the_output_in_place(tiny):
+    """Falcon's parallel block does ``mlp_output += attention_output`` after the MLP returns: a recorded view
+    would read the sum. Here a later hook adds in place; the capture must still hold the MLP's own output."""
+    rt = load(tiny("llama"))
+    with rt.capture(["layers.0.mlp"]) as plain, torch.no_grad():
+        rt.forward(["a b c d"])
+    with rt.capture(["layers.0.mlp"]) as got, torch.no_grad():
+        h = rt.module("layers.0.mlp").register_forward_hook(lambda _m, _a, out: out.add_(1.0))
+        try:
+            rt.forward(["a b c d"])
+        finally:
+            h.remove()
+    assert torch.equal(got["layers.0.mlp"], plain["layers.0.mlp"])
