@@ -74,8 +74,8 @@ def status(model_type: str) -> dict:
     try:
         path = ensure_tiny(model_type)
     except Exception as e:  # noqa: BLE001 - recorded as the reason
-        what = f"composite config ({', '.join(sub)}): " if sub else ""
-        return {"status": "refused", "reason": f"{what}no tiny model from its config class ({type(e).__name__})"}
+        why = f"no tiny model from its config class ({type(e).__name__})"
+        return _wrapped_by_default_config(model_type, why) if sub else {"status": "refused", "reason": why}
     ck = surgeon.open(path)
     if ck.architecture is None:
         return {"status": "refused", "reason": ck.unknown_reason.split("no inference (")[-1].rstrip(")").split(");")[0]}
@@ -85,6 +85,27 @@ def status(model_type: str) -> dict:
                                                f"{len(ck.roles.unclassified)} tensor(s) of other towers: no role"}
     left = ck.roles.unclassified
     return {"status": "partial", "no_role": left} if left else {"status": "inferred"}
+
+
+def _wrapped_by_default_config(model_type: str, why: str) -> dict:
+    """A composite family no tiny model can be built of: the roles its default config gets (as a real
+    checkpoint's would), with no behaviour check; refused, with the reason, where there are none."""
+    from transformers import CONFIG_MAPPING
+
+    from surgeon.errors import UnknownArchitecture
+    from surgeon.roles.infer import infer_architecture
+
+    try:
+        cfg = CONFIG_MAPPING[model_type]()
+        arch = infer_architecture(cfg.to_dict())
+    except UnknownArchitecture as e:
+        what = "" if "composite config" in str(e) else f"composite config ({', '.join(type(cfg).sub_configs)}): "
+        return {"status": "refused", "reason": f"{what}{e}"}
+    except Exception as e:  # noqa: BLE001 - transformers' own refusal of its default config is the reason
+        return {"status": "refused", "reason": f"{why}; its default config fails too ({type(e).__name__})"}
+    text = getattr(cfg, arch.text_config).model_type if arch.text_config else "?"
+    return {"status": "wrapped", "behaviour": f"no check: {why}",
+            "reason": f"text tower {text} at {arch.layer.rsplit('.', 2)[0]} (roles from the default config)"}
 
 
 def verify(model_type: str) -> str:
@@ -119,7 +140,7 @@ def main() -> None:
         signal.alarm(60)
         try:
             out[mt] = status(mt)
-            if args.verify and out[mt]["status"] in ("inferred", "partial", "wrapped"):
+            if args.verify and out[mt]["status"] in ("inferred", "partial", "wrapped") and "behaviour" not in out[mt]:
                 out[mt]["behaviour"] = verify(mt)
         except _Timeout as e:
             out[mt] = {"status": "refused", "reason": str(e)}
