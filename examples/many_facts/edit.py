@@ -9,10 +9,12 @@ format of docs/tasks.md). ``layers``: "a-b", a list, or "auto" (the entry's
 default range, five layers ending at num_layers // 5: 2-6 on SmolLM2). ``n``: the first n
 requests of ``split`` ("test", "validation"; "all" for every request).
 ``mode``: "batched" (MEMIT) or "sequential" (AlphaEdit, rounds of
-``round_size``). ``rounds_dir``: with mode=sequential, save the checkpoint
-after each round there (``round-01``, ...) through the normal writer, and the
-run's state beside it (``round-01.state.safetensors``: C, the null-space
-projector and the earlier rounds' keys). To resume after a crash, start from
+``round_size``; ``null_energy``: the share of the preserved keys' energy its
+null space may hold, default ``FactsParams.null_energy``, README.md says why).
+``rounds_dir``: with mode=sequential, save the checkpoint after each round
+there (``round-01``, ...) through the normal writer, and the run's state
+beside it (``round-01.state.safetensors``: C, the null-space projector and
+the earlier rounds' keys). To resume after a crash, start from
 the last round that has both and pass its state::
 
     surgeon apply examples/many_facts/edit.py --model ROUNDS/round-03 --out OUT --param mode=sequential \
@@ -36,7 +38,7 @@ KNOBS = {"layers": ["span", 1, 6], "weight": ["log", 0.03, 3.0]}
 
 
 def edit(ck, task, layers="auto", n=None, split="test", mode="batched", round_size=100, rounds_dir=None,
-         resume=None, weight=0.3):
+         resume=None, weight=0.3, null_energy=None):
     t = Task.load(task)
     if "facts" in t.edit and split != "all":
         t = F.subset(t, split, None if n is None else int(n))
@@ -53,7 +55,8 @@ def edit(ck, task, layers="auto", n=None, split="test", mode="batched", round_si
             st.save(f"{name}.state.safetensors")  # after the checkpoint: a state always has its round
             print(f"round {i}: {skip + done} facts written, saved to {name}")
     res = edit_facts(ck, reqs[skip:], layers=None if layers == "auto" else layers, mode=mode,
-                     params=FactsParams(round_size=int(round_size), covariance_weight=float(weight)),
+                     params=FactsParams(round_size=int(round_size), covariance_weight=float(weight),
+                                        **({} if null_energy is None else {"null_energy": float(null_energy)})),
                      on_round=on_round, state=state)
     print(f"{res.mode}: {res.requests} facts into layers {res.layers} in {res.seconds:.1f} s "
           f"(v* {res.seconds_values:.1f} s; C {res.seconds_covariance:.1f} s from {res.covariance_tokens} tokens); "
