@@ -113,7 +113,7 @@ def evaluate(rt, fs: list[F.Fact], ref) -> dict:
             "kl": neutral_kl(rt, ref)}
 
 
-def run_one(model: str, method: str, n: int, split: str, layers: str | None) -> dict:
+def run_one(model: str, method: str, n: int, split: str, layers: str | None, weight: float | None = None) -> dict:
     torch.set_num_threads(int(os.environ.get("SURGEON_THREADS", "2")))
     task = Task.load(fact_file(model))
     fs = F.facts(task, split)[:n]
@@ -134,7 +134,8 @@ def run_one(model: str, method: str, n: int, split: str, layers: str | None) -> 
         extra["layers"] = [layer]
     elif method in ("memit", "alphaedit"):
         res = edit_facts(ck, reqs, layers=layers, mode="batched" if method == "memit" else "sequential",
-                         params=FactsParams(round_size=ROUND), runtime=rt)
+                         params=FactsParams(round_size=ROUND, **({"covariance_weight": weight} if weight else {})),
+                         runtime=rt)
         extra = {"layers": res.layers, "seconds_covariance": res.seconds_covariance,
                  "covariance_tokens": res.covariance_tokens, "seconds_values": res.seconds_values,
                  "relative": res.relative, "rounding": res.rounding, "null_dims": res.null_dims,
@@ -209,13 +210,14 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", default="none,rome,memit,alphaedit,lora")
     ap.add_argument("--split", default="test")
     ap.add_argument("--layers", default=None, help="MEMIT/AlphaEdit layer range, e.g. 2-6 (default: the entry's)")
+    ap.add_argument("--weight", type=float, default=None, help="MEMIT/AlphaEdit λ (FactsParams.covariance_weight)")
     ap.add_argument("--rome-max", type=int, default=100, help="skip repeated ROME above this N (4-5 s per fact)")
     ap.add_argument("--out", default="bench-many-facts")
     ap.add_argument("--plot", default=None)
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.one:
-        print(json.dumps(run_one(a.model, a.one[0], int(a.one[1]), a.split, a.layers)))
+        print(json.dumps(run_one(a.model, a.one[0], int(a.one[1]), a.split, a.layers, a.weight)))
         return
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -229,6 +231,8 @@ def main(argv=None) -> None:
             cmd = [sys.executable, __file__, "--model", a.model, "--split", a.split, "--one", m, str(n)]
             if a.layers:
                 cmd += ["--layers", a.layers]
+            if a.weight:
+                cmd += ["--weight", str(a.weight)]
             t = time.perf_counter()
             p = subprocess.run(cmd, capture_output=True, text=True)
             if p.returncode != 0:

@@ -15,7 +15,7 @@ import torch
 import surgeon
 from surgeon.edits.alphaedit import FactsState, null_space
 from surgeon.edits.covariance import key_covariance
-from surgeon.edits.memit import FactsParams, compute_keys, edit_facts
+from surgeon.edits.memit import FactsParams, compute_keys, edit_facts, through_post_norm
 from surgeon.errors import EditError
 from surgeon.runtime import load
 from surgeon.study import facts as F
@@ -157,3 +157,18 @@ def test_null_space_projector_is_a_projector_onto_small_directions():
     P = null_space(C, 1e-2)
     assert torch.allclose(P @ P, P, atol=1e-10) and round(float(P.trace())) == 2
     assert float((C @ P).norm()) < 1e-4
+
+
+def test_a_residual_written_through_gemmas_post_mlp_norm_arrives(tiny):
+    """Gemma's norm.post_mlp keeps only the direction of mlp.down's output: adding the residual to the output
+    moves the residual stream by a fraction of it; the change through_post_norm solves for moves it by it."""
+    rt = load(surgeon.open(tiny("gemma3_text")))
+    norm = rt.module("layers.0.norm.post_mlp")
+    torch.manual_seed(0)
+    m, other = 0.05 * torch.randn(2, 6, rt.model.config.hidden_size)  # outputs far smaller than the norm's, as in Gemma
+    with torch.no_grad():
+        resid = norm(other) - norm(m)  # a residual change the norm can make
+        d = through_post_norm(rt, 0, m, resid)
+        reached = (norm(m + d) - norm(m) - resid).norm() / resid.norm()
+        naive = (norm(m + resid) - norm(m) - resid).norm() / resid.norm()
+    assert reached < 0.02 and naive > 0.2, (float(reached), float(naive))

@@ -183,6 +183,9 @@ def _spread(ck, rt, batch, z, layers, mode: str, p: FactsParams, state: FactsSta
         keys, h = compute_keys(rt, batch, lay, layers[-1], p)
         resid = (z - h) / (len(layers) - i)
         key = f"layers.{lay}.mlp.down"
+        if f"layers.{lay}.norm.post_mlp" in ck:  # the residual gets the norm of mlp.down's output, not the output
+            resid = through_post_norm(rt, lay, keys @ ck[key].T + (ck[f"{key}.bias"] if f"{key}.bias" in ck else 0),
+                                      resid)
         C = state.covariances[lay].matrix
         if mode == "batched":
             dw = insert(resid, keys, p.covariance_weight * C.shape[0] * C)
@@ -361,6 +364,24 @@ def compute_keys(rt, requests: list[RankOneRequest], layer: int, z_layer: int, p
         pl = b.rewrite[sl] & (torch.arange(s, s + len(req)) == b.plain[req])
         h[req[pl]] = got["h"][pl].float().cpu()
     return keys / count.unsqueeze(1), h
+
+
+def through_post_norm(rt, layer: int, m: torch.Tensor, resid: torch.Tensor, steps: int = 200) -> torch.Tensor:
+    """What ``mlp.down``'s outputs ``m`` (N, d) must change by to move the residual by ``resid`` through the
+    layer's ``norm.post_mlp`` (Gemma-2/3, OLMo-2), which keeps only their direction: m' − m, with
+    m' = argmin ‖norm(m') − (norm(m) + resid)‖² by Adam from m (m + resid would reach a fraction of it)."""
+    norm = rt.module(f"layers.{layer}.norm.post_mlp")
+    m = m.to(rt.device, next(norm.parameters()).dtype)
+    with torch.no_grad():
+        want = norm(m) + resid.to(m)
+    x = m.clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=0.05 * float(m.pow(2).mean().sqrt()))
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            (norm(x) - want).pow(2).sum().backward()
+            opt.step()
+    return (x.detach() - m).float().cpu()
 
 
 def insert(resid: torch.Tensor, keys: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
