@@ -69,7 +69,7 @@ def load_model(d, dtype, layers: int | None, device_map, max_memory, offload_fol
     if device_map is not None:
         kw.update(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
     config = AutoConfig.from_pretrained(d)
-    auto = _auto_class(config, d)
+    auto = auto_class(config, d)
     if layers is None:
         return auto.from_pretrained(d, **kw)
     text = config.get_text_config()
@@ -84,7 +84,7 @@ def load_model(d, dtype, layers: int | None, device_map, max_memory, offload_fol
         hf_logging.set_verbosity(level)
 
 
-def _auto_class(config, d):
+def auto_class(config, d):
     """AutoModelForCausalLM, else AutoModelForImageTextToText (a multimodal wrapper such as Llava, run on text)."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
     from transformers.models.auto import modeling_auto as auto

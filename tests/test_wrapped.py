@@ -26,7 +26,7 @@ from surgeon.cli import main
 from surgeon.errors import UnknownArchitecture
 from surgeon.roles.infer import infer_architecture
 from surgeon.roles.layers import checkpoint_kinds
-from surgeon.runtime_placement import _auto_class
+from surgeon.runtime_placement import auto_class
 
 WRAPPERS = ["gemma3", "llava", "mistral3", "paligemma"]
 
@@ -138,10 +138,10 @@ def test_runtime_refuses_a_family_transformers_cannot_run_in_one_line():
         model_type = "vision_only_thing"
 
     with pytest.raises(UnknownArchitecture, match="no causal-LM or image-text-to-text class") as e:
-        _auto_class(Config(), "/ckpt")
+        auto_class(Config(), "/ckpt")
     assert "\n" not in str(e.value)
-    assert _auto_class(CONFIG_MAPPING["llava"](), "/ckpt").__name__ == "AutoModelForImageTextToText"
-    assert _auto_class(CONFIG_MAPPING["gemma3"](), "/ckpt").__name__ == "AutoModelForCausalLM"
+    assert auto_class(CONFIG_MAPPING["llava"](), "/ckpt").__name__ == "AutoModelForImageTextToText"
+    assert auto_class(CONFIG_MAPPING["gemma3"](), "/ckpt").__name__ == "AutoModelForCausalLM"
 
 
 def test_added_tokens_grow_the_text_configs_vocabulary_and_the_wrapper_loads(wrapped, tmp_path):
