@@ -250,7 +250,7 @@ def _rewrite(src: Path, dst: Path, header, mine: list[dict], ck) -> None:
     for name, e in order:
         v = changed.get(name)
         if v is not None:
-            layout.append((name, dtype_code(v.dtype), tuple(v.shape), _nbytes(v)))
+            layout.append((name, dtype_code(v.dtype), tuple(v.shape), v.nbytes))
         else:
             layout.append((name, e.dtype, e.shape, e.nbytes))
     with open(src, "rb") as fi, open(dst, "wb") as fo:
@@ -273,17 +273,12 @@ def _write_index(ck, tmp: Path, changes: list[dict]) -> None:
     total = 0
     for name, e in ck.entries.items():
         v = ck.staged.get(name, ck.patches.get(name))
-        total += e.nbytes if v is None else _nbytes(v)
+        total += e.nbytes if v is None else v.nbytes
     for name in ck.added:
-        total += _nbytes(ck.staged[name])
+        total += ck.staged[name].nbytes
     index.setdefault("metadata", {})["total_size"] = total
     index["weight_map"] = dict(sorted(index["weight_map"].items()))
     (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
-def _nbytes(v) -> int:
-    """Bytes of a staged value: a tensor, a :class:`surgeon.io.values.Deferred` or a :class:`RowPatches`."""
-    return v.nbytes
 
 
 def _copy_other_files(ck, tmp: Path) -> None:
