@@ -189,15 +189,17 @@ def stage_deltas(ck, files: list[Path], notes: list[str], *, folder=None) -> tup
                 groups.setdefault(ck.resolve(pkey).tensor, []).append((pkey, f))
     trained_sq, lost_sq, changed = 0.0, 0.0, 0
     for name, items in groups.items():
-        old = ck.stored(name)
+        old = now = ck.stored(name)
         for pkey, f in items:
             with safe_open(f, "pt") as fh:
                 delta = fh.get_tensor(pkey)
-            new = ck[pkey] + delta
+            view = ck.resolve(pkey).view
+            new = view.read(now).float() + delta
             ck.defer(pkey, partial(_plus_delta, f, pkey, lease))
+            now = ck.stored(name)  # made once: for what the cast kept, the next delta's base and the count
             trained_sq += float(delta.pow(2).sum())
-            lost_sq += float((ck[pkey] - new).pow(2).sum())
-        changed += count_changed(old, ck.stored(name))
+            lost_sq += float((view.read(now).float() - new).pow(2).sum())
+        changed += count_changed(old, now)
     update_kept = 1.0 - math.sqrt(lost_sq / trained_sq) if trained_sq > 0 else 0.0
     if trained_sq > 0 and update_kept < 0.5:
         notes.append(f"only {update_kept:.0%} of the update's norm survives the cast to the stored dtype; "
