@@ -9,8 +9,8 @@ On 2 cores the two ranks share the cores the single process uses alone, so
 the wall ratio shows torchrun's start-up and the collectives' cost, not a
 speed-up. The memory column is the largest process's peak: rank 0, which
 loads the whole model and sends each rank its shards (the others build it on
-the meta device); docs/scale.md has the per-rank figures and why training
-adds to them (glibc keeps the freed all-gather buffers).
+the meta device); docs/scale.md has the per-rank figures and why the ranks
+trim the heap every few layers (glibc keeps the freed all-gather buffers).
 
 ``--merge``: the calling process of a 2-process run (which never builds the
 model) in a fresh child, its peak RSS through merge + save with the trained

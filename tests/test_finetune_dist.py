@@ -21,6 +21,7 @@ from surgeon.io.checkpoint import open_checkpoint
 from surgeon.io.values import Deferred
 from surgeon.study.config import FinetuneConfig, FinetuneError
 from surgeon.study.finetune import finetune
+from surgeon.study.finetune_dist import release_heap_every
 from surgeon.study.task import Task
 
 TOL = 1e-5
@@ -50,6 +51,8 @@ def test_two_process_lora_on_tied_head_equals_one_process(tiny):
     assert one.trainable_params == two.trainable_params and one.params_changed == two.params_changed > 0
     assert two.losses == pytest.approx(one.losses, abs=1e-5) and two.losses[-1] < two.losses[0]
     assert two.tokens == one.tokens and two.peak_rss_mb > 0
+    per_rank = [n for n in two.notes if n.startswith("peak RSS per rank (MB): ")]
+    assert len(per_rank) == 1 and len(per_rank[0].split(": ")[1].split(", ")) == 2
     assert any("input embeddings move" in n for n in two.notes)
 
 
@@ -193,3 +196,19 @@ def test_a_rank_that_raised_is_not_run_again(tiny, monkeypatch):
     with pytest.raises(FinetuneError, match=r"torchrun exit 1\): rank 1: ValueError: the data is wrong$"):
         finetune(tiny("llama"), TASK, FinetuneConfig(nproc=2, steps=1, batch=4), progress=False)
     assert len(calls) == 1
+
+
+def test_the_heap_is_trimmed_before_every_chosen_layer_in_forward_and_in_backward():
+    """On CPU each rank returns freed pages every few layers; here with a counting stand-in for malloc_trim."""
+    layers = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(7))
+    calls = []
+    assert release_heap_every(layers, 3, trim=lambda: calls.append(1) or 1) == 3  # returns as malloc_trim  # layers 0, 3, 6
+    x = torch.randn(2, 4)
+    for layer in layers:
+        x = layer(x)
+    assert len(calls) == 3  # forward: before layers 0, 3 and 6
+    x.sum().backward()
+    assert len(calls) == 6  # backward: as each chosen layer's backward starts
+    with torch.no_grad():  # no gradient, no backward hook
+        layers[0](torch.randn(1, 4))
+    assert len(calls) == 7

@@ -30,10 +30,19 @@ is dropped.
 Only rank 0 holds the whole model, while it loads and sends it; the other
 ranks hold their shards, so FSDP here divides the weights too, except on rank
 0 (docs/scale.md says what that means for a 70B model).
+
+On CPU every rank also hands freed heap pages back to the system every few
+layers (:func:`release_heap_every`): FSDP2 gathers each layer into fresh
+buffers and frees them after use, and glibc keeps those pages, so without it
+each rank's RSS grew to 2.7-3.1 GB during training on SmolLM2 (one process:
+1.4 GB); with it the ranks stay at rank 0's load peak, 1.18 GB, for about
+12 % more time.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import re
@@ -68,6 +77,7 @@ class Run:
     train_s: float
     peak_mb: float  # the largest rank's own peak
     notes: list[str]
+    peaks_mb: list[float] = field(default_factory=list)  # each rank's, in rank order
     files: list[Path] = field(default_factory=list)
     # holds the files; finetune.stage_deltas keeps it while the checkpoint's deferred values read from them
     folder: tempfile.TemporaryDirectory | None = None
@@ -111,8 +121,10 @@ def launch(ck, task: Task, cfg: FinetuneConfig, keys: list[str], *, progress: bo
         for f in job.glob("delta-*.safetensors"):
             f.unlink()
     doc = json.loads((job / "result.json").read_text())
-    return Run(doc["n_trainable"], doc["losses"], doc["tokens"], doc["train_s"], doc["peak_mb"], retried + doc["notes"],
-               sorted(job.glob("delta-*.safetensors")), folder)
+    peaks = ", ".join(f"{p:,.0f}" for p in doc["peaks_mb"])
+    notes = retried + doc["notes"] + [f"peak RSS per rank (MB): {peaks}"]
+    return Run(doc["n_trainable"], doc["losses"], doc["tokens"], doc["train_s"], doc["peak_mb"], notes,
+               doc["peaks_mb"], sorted(job.glob("delta-*.safetensors")), folder)
 
 
 def _cause(log: Path) -> str:
@@ -155,6 +167,8 @@ def work(folder: Path, rank: int, world: int, device: str) -> None:
     for b in job.model.buffers():  # rotary frequencies are not in the state dict (non-persistent)
         dist.broadcast(b, src=0)
     rt.device = torch.device(device)
+    if device == "cpu":
+        release_heap_every(layers, TRIM_EVERY)
     job.params = [p for p in job.train_model.parameters() if p.requires_grad]  # now the sharded parameters
     losses, tokens, train_s = train.train(rt, job, rows, cfg, False, rank=rank, world=world)
 
@@ -170,6 +184,39 @@ def work(folder: Path, rank: int, world: int, device: str) -> None:
             "n_trainable": job.n_trainable, "losses": losses, "tokens": tokens, "train_s": train_s,
             "peak_mb": max(float(p.item()) for p in peaks), "peaks_mb": [float(p.item()) for p in peaks],
             "notes": notes}))
+
+
+TRIM_EVERY = 5  # layers between two heap trims (every layer: the same peak, 30 % slower; 10: +110 MB)
+
+
+def release_heap_every(layers, every: int, trim=None) -> int:
+    """Return freed heap pages to the system before every ``every``-th layer's forward and backward.
+
+    ``trim`` defaults to glibc's ``malloc_trim(0)``; where the C library has
+    none, nothing is installed. Returns the number of layers given hooks.
+    """
+    if trim is None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        if not hasattr(libc, "malloc_trim"):
+            return 0
+        trim = lambda: libc.malloc_trim(0)  # noqa: E731
+
+    def before(module, args) -> None:
+        trim()
+
+    def on_grad(grad) -> None:  # a hook that returned a value would replace the gradient
+        trim()
+
+    def after(module, args, out) -> None:
+        h = out[0] if isinstance(out, tuple) else out
+        if torch.is_tensor(h) and h.requires_grad:  # runs as this layer's backward starts
+            h.register_hook(on_grad)
+
+    chosen = layers[::every]
+    for layer in chosen:
+        layer.register_forward_pre_hook(before)
+        layer.register_forward_hook(after)
+    return len(chosen)
 
 
 def _skeleton(ck):
