@@ -331,6 +331,27 @@ def test_gemma3_rome_and_weight_edits_export_and_answer_in_llama_cpp(gemma3, src
     assert got[EIFFEL.prompt].llama.startswith(" Rome")
 
 
+def test_gemma3_memit_facts_and_a_merged_lora_finetune_export_and_answer_in_llama_cpp(gemma3, src, out_dir,
+                                                                                      tmp_path):
+    """Gemma-3: MEMIT through the post-MLP norm (layers 3-5 and λ chosen on validation; the paper's 25 steps, as
+    12 left two of the three facts unwritten) and a LoRA fine-tune merged on top, in one checkpoint: llama.cpp
+    gives transformers' tokens and the new answers."""
+    ck = surgeon.open(gemma3)
+    fs = F.facts(Task.load(F.shipped("gemma3")), "validation")[:3]
+    edit_facts(ck, [f.request for f in fs], layers=[3, 4, 5], params=FactsParams(steps=25, covariance_weight=0.05))
+    tune = Task.from_dict({"name": "moon", "train": [{"prompt": "The Moon is made of", "completion": " cheese"}] * 4})
+    finetune(ck, tune, FinetuneConfig(method="lora", layers="10-12", roles="attn", steps=8, lr=1e-3, batch=4),
+             progress=False)
+    ck.save(tmp_path / "ckpt")
+    del ck
+    exp = _export("gemma3 memit+lora f16", tmp_path / "ckpt", out_dir / "gemma-memit.gguf",
+                  prompts=["The Moon is made of"])
+    got = {p.prompt: p for p in exp.verification.prompts}
+    assert exp.verification.ok and all(p.agree for p in got.values())
+    assert sum(got[f.prompt].llama.startswith(f.target) for f in fs) >= 2  # the manifest's fact prompts, verified
+    assert got["The Moon is made of"].llama.startswith(" cheese")
+
+
 def test_gemma3_added_tokens_keep_their_ids_in_llama_cpp(gemma3, src, out_dir, tmp_path):
     ck = surgeon.open(gemma3)
     report = add_tokens(ck, NEW_GEMMA)
