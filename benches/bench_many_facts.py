@@ -55,6 +55,7 @@ import surgeon
 from surgeon.edits.memit import FactsParams, edit_facts
 from surgeon.edits.rome import rank_one
 from surgeon.runtime import load
+from surgeon.study import fact_scores as S
 from surgeon.study import facts as F
 from surgeon.study.task import Task
 
@@ -99,14 +100,14 @@ def neutral_kl(rt, ref) -> float:
 
 
 def evaluate(rt, fs: list[F.Fact], ref) -> dict:
-    eff = F.prefers(rt, [(f.prompt, f.target, f.true) for f in fs])
+    eff = S.prefers(rt, [(f.prompt, f.target, f.true) for f in fs])
     para_rows = [(p.prompt, p.target, p.original) for f in fs for p in f.paraphrases]
-    para = F.prefers(rt, para_rows)
+    para = S.prefers(rt, para_rows)
     neigh_rows = sorted({(n.prompt, n.original, n.target) for f in fs for n in f.neighbours})
-    neigh = F.prefers(rt, neigh_rows)
-    gen_eff = F.generated_success(rt, [(f.prompt, f.target, f.true) for f in fs])
-    gen_para = F.generated_success(rt, para_rows)
-    flu, _ = F.fluency(rt, F.fluency_prompts(16))
+    neigh = S.prefers(rt, neigh_rows)
+    gen_eff = S.generated_success(rt, [(f.prompt, f.target, f.true) for f in fs])
+    gen_para = S.generated_success(rt, para_rows)
+    flu, _ = S.fluency(rt, S.fluency_prompts(16))
     mean = lambda x: sum(x) / len(x)  # noqa: E731
     return {"efficacy": mean(eff), "efficacy_generated": mean(gen_eff), "paraphrase": mean(para),
             "paraphrase_generated": mean(gen_para), "neighbourhood": mean(neigh), "fluency": 100 * flu,

@@ -18,6 +18,7 @@ from surgeon.edits.covariance import key_covariance
 from surgeon.edits.memit import FactsParams, compute_keys, edit_facts, through_post_norm
 from surgeon.errors import EditError
 from surgeon.runtime import load
+from surgeon.study import fact_scores as S
 from surgeon.study import facts as F
 from surgeon.study.task import Task
 
@@ -29,8 +30,8 @@ def teacher_forced(rt, fs: list[F.Fact]) -> tuple[float, float]:
     """(efficacy, neighbourhood): share of edit prompts where the target now wins (mean log-prob per token),
     share of neighbour prompts where the neighbour's own answer still beats the edit's target."""
     rows = [(f.prompt, f.target, f.true) for f in fs]
-    eff = F.prefers(rt, rows)
-    neigh = F.prefers(rt, [(n.prompt, n.original, n.target) for f in fs for n in f.neighbours])
+    eff = S.prefers(rt, rows)
+    neigh = S.prefers(rt, [(n.prompt, n.original, n.target) for f in fs for n in f.neighbours])
     return sum(eff) / len(eff), sum(neigh) / len(neigh)
 
 
@@ -58,7 +59,7 @@ def test_a_batch_of_ten_facts_edits_all_ten_and_keeps_the_neighbours(model, fact
     eff0, neigh0 = teacher_forced(rt, ten)
     res = edit_facts(ck, [f.request for f in ten], layers=LAYERS, mode="batched", params=FAST, runtime=rt)
     eff, neigh = teacher_forced(rt, ten)
-    gen = F.generated_success(rt, [(f.prompt, f.target, f.true) for f in ten])
+    gen = S.generated_success(rt, [(f.prompt, f.target, f.true) for f in ten])
     print(f"\nMEMIT, 10 facts, layers {LAYERS}: efficacy {eff0:.2f} -> {eff:.2f}, neighbourhood {neigh0:.2f} -> "
           f"{neigh:.2f}, generated success {sum(gen) / len(gen):.2f}; {res.seconds:.1f} s "
           f"(v* {res.seconds_values:.1f} s, {res.steps_mean:.0f} steps); ||dW||/||W|| {res.relative}")

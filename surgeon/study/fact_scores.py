@@ -1,0 +1,99 @@
+"""Batched scorers for fact sets with thousands of probes: greedy answers, teacher-forced preference, fluency.
+
+They are batched versions of the CounterFact comparisons of :mod:`surgeon.study.measure` (same definitions: the
+answer with the higher mean log-probability per token wins; a generated answer counts under
+:func:`surgeon.study.generate.generated_success`'s rule), needed because a 1,000-fact task has ~10,000 probes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from surgeon.data import neutral_paragraphs
+from surgeon.study import generate
+from surgeon.study.generate import ANSWER_TOKENS, FREE_TOKENS, degeneration, says
+
+
+@torch.no_grad()
+def greedy(rt, prompts: list[str], max_new_tokens: int = 8, batch_size: int = 64) -> list[str]:
+    """Greedy continuations (text after the prompt), batched with left padding."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        enc = rt.encode(prompts[i:i + batch_size])
+        gen = rt.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=rt.tokenizer.pad_token_id)
+        out += rt.tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+
+@torch.no_grad()
+def answer_logprobs(rt, pairs: list[tuple[str, str]], batch_size: int = 64) -> list[tuple[float, int]]:
+    """(Σ log P(answer tokens | prompt), number of answer tokens) per (prompt, answer), batched."""
+    tok = rt.tokenizer
+    rows, spans = [], []
+    for prompt, ans in pairs:
+        p_ids = tok(prompt)["input_ids"]
+        a_ids = tok(ans, add_special_tokens=False)["input_ids"]
+        rows.append(p_ids + a_ids)
+        spans.append((len(p_ids), a_ids))
+    out = []
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: less padding
+    res: dict[int, tuple[float, int]] = {}
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        T = max(len(rows[i]) for i in idx)
+        ids = torch.full((len(idx), T), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), T), dtype=torch.long)
+        for j, i in enumerate(idx):
+            ids[j, T - len(rows[i]):] = torch.tensor(rows[i])
+            mask[j, T - len(rows[i]):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = rt.model.base_model(input_ids=ids.to(rt.device), attention_mask=mask.to(rt.device),
+                                     position_ids=pos.to(rt.device), use_cache=False).last_hidden_state
+        r, c, t = [], [], []
+        for j, i in enumerate(idx):
+            n_p, a_ids = spans[i]
+            off = T - len(rows[i])
+            for k, a in enumerate(a_ids):
+                r.append(j), c.append(off + n_p - 1 + k), t.append(a)
+        logits = rt.model.get_output_embeddings()(hidden[torch.tensor(r), torch.tensor(c)]).float()
+        cap = getattr(rt.model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(t).view(-1, 1)).squeeze(1)
+        k = 0
+        for i in idx:
+            n = len(spans[i][1])
+            res[i] = (float(lp[k:k + n].sum()), n)
+            k += n
+    out = [res[i] for i in range(len(rows))]
+    return out
+
+
+def prefers(rt, rows: list[tuple[str, str, str]], batch_size: int = 64) -> list[bool]:
+    """For each (prompt, a, b): does the model now prefer a over b (mean log-probability per token)?"""
+    pairs = [(p, a) for p, a, _ in rows] + [(p, b) for p, _, b in rows]
+    lp = answer_logprobs(rt, pairs, batch_size)
+    n = len(rows)
+    return [lp[i][0] / lp[i][1] > lp[n + i][0] / lp[n + i][1] for i in range(n)]
+
+
+def generated_success(rt, rows: list[tuple[str, str, str]], max_new_tokens: int = ANSWER_TOKENS,
+                      batch_size: int = 64) -> list[bool]:
+    """:func:`surgeon.study.generate.generated_success`'s rule (the "Mirage" protocol, arXiv 2502.11177) on
+    batched generations: for each (prompt, target, original), the greedy continuation contains the target,
+    not the original answer, and is not degenerate."""
+    gen = greedy(rt, [p for p, _, _ in rows], max_new_tokens, batch_size)
+    return [says(g, t) and not says(g, o) and degeneration(g) is None for g, (_, t, o) in zip(gen, rows)]
+
+
+def fluency(rt, prompts: list[str], max_new_tokens: int = FREE_TOKENS) -> tuple[float, list[str]]:
+    """ROME's n-gram entropy (:func:`surgeon.study.generate.fluency`) of batched greedy continuations."""
+    gen = greedy(rt, prompts, max_new_tokens)
+    return generate.fluency(gen), gen
+
+
+def fluency_prompts(n: int = 16) -> list[str]:
+    """Free-generation prompts from the held-out neutral paragraphs (:func:`surgeon.study.generate.neutral_prompts`)."""
+    return generate.neutral_prompts(neutral_paragraphs("eval"), n)
