@@ -195,7 +195,9 @@ def plot(records: list[dict], path: Path) -> None:
 def table(records: list[dict]) -> str:
     head = "| method | N | " + " | ".join(METRICS) + " | wall s | CPU s | s/fact | peak MB |"
     lines = [head, "|" + "---|" * (len(METRICS) + 6)]
-    for r in sorted(records, key=lambda r: (["none", "rome", "memit", "alphaedit", "lora"].index(r["method"]), r["n"])):
+    order = ["none", "rome", "memit", "alphaedit", "lora"]  # then any renamed run (e.g. alphaedit_null1pct)
+    for r in sorted(records, key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order),
+                                            r["method"], r["n"])):
         vals = " | ".join(f"{r[m]:.4f}" if m == "kl" else f"{r[m]:.2f}" if m == "fluency" else f"{r[m]:.3f}"
                           for m in METRICS)
         lines.append(f"| {r['method']} | {r['n']} | {vals} | {r['wall_s']:.1f} | {r.get('cpu_s', float('nan')):.1f} | "
