@@ -151,6 +151,13 @@ def test_map_row_names_the_best_site_the_runner_up_and_judges_the_advice():
     assert "| facts | – | mid-layer MLPs | `edit:rome.py layer=5 t1` | 0.95 | lora 0.60 | advice holds" in md
     at_chance = {**report, "arms": [{"name": "none", "metrics": {"generalisation_gen": 0.93}}]}
     assert entry(at_chance, task)["verdict"].startswith("nothing beats the unedited model (0.93; best rome 0.95)")
+    # nothing works at the map's level, a row edit does at a looser one: the verdict says so
+    swap = {"search": {"head": _family({0.05: 0.01}, "lora roles=lm_head"), "rows": _family({0.2: 1.0}, "edit:rows")},
+            "arms": [{"name": "none", "metrics": {"generalisation_gen": 0.0}}]}
+    said = entry(swap, task)["verdict"]
+    assert said == ("nothing beats the unedited model (0.00; best head 0.01): the advice is not tested; "
+                    "at KL ≤ 0.2: rows 1.00 (KL 0.100)")
+    assert "at KL ≤" not in entry(at_chance, task)["verdict"]  # no looser level beats 0.93 by more than the tie
     with pytest.raises(Exception, match="map: unknown key"):
         Task.from_dict({**TASK, "map": {"advise": "x"}})
 

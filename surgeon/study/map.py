@@ -37,9 +37,8 @@ DEFAULT_ARMS = ["none", "lora=lora roles=attn+mlp", "full=full roles=mlp.down"]
 TIE = 0.05  # success within this of the best counts as "as good" for the verdict
 
 
-def entry(report: dict, task: Task, level: float = LEVEL) -> dict:
-    """One row of the map from a tuned comparison's report."""
-    spec = task.map or {}
+def ranked(report: dict, level: float) -> list[dict]:
+    """Each family's point chosen on validation for KL ≤ ``level``, as measured on test, best first."""
     got = []
     for fam, f in report["search"].items():
         n = f["matched"].get(str(level))
@@ -48,15 +47,37 @@ def entry(report: dict, task: Task, level: float = LEVEL) -> dict:
             trial = next(t for t in f["trials"] if t["number"] == n)
             got.append({"family": fam, "site": trial["spec"], "success": sd["success_mean"],
                         "sd": sd.get("success_sd"), "kl": sd.get("kl_mean"), "trial": n})
-    got.sort(key=lambda g: -g["success"])
+    return sorted(got, key=lambda g: -g["success"])
+
+
+def entry(report: dict, task: Task, level: float = LEVEL) -> dict:
+    """One row of the map from a tuned comparison's report."""
+    spec = task.map or {}
+    got = ranked(report, level)
     none = next((a for a in report.get("arms", []) if a.get("name") == "none"), None)
     found = success(none["metrics"]) if none else None
     base = found[1] if found else None  # the unedited model's success: a behaviour it already shows half the time
     best, second = (got + [None, None])[:2]
     model = Path(report["model"]).name if report.get("model") else None
+    said = verdict(spec.get("advice_arm"), got, base)
+    if said.startswith(("nothing beats", "no family")):  # what a looser damage budget buys, if anything
+        said += looser(report, level, base)
     return {"behaviour": spec.get("behaviour", task.name), "model": model,
             "advice": spec.get("advice"), "level": level, "best": best, "runner_up": second,
-            "unedited": base, "verdict": verdict(spec.get("advice_arm"), got, base)}
+            "unedited": base, "verdict": said}
+
+
+def looser(report: dict, level: float, base: float | None) -> str:
+    """"; at KL ≤ L: family success (KL k)" for the first looser matched level where a family beats the
+    unedited model by more than :data:`TIE`, else "" (the report's levels: :data:`surgeon.study.search.KL_LEVELS`)."""
+    for lvl in sorted(float(k) for f in report["search"].values() for k in f["matched"]):
+        if lvl <= level:
+            continue
+        top = ranked(report, lvl)
+        if top and top[0]["success"] - (base or 0.0) > TIE:
+            kl = f" (KL {top[0]['kl']:.3f})" if top[0].get("kl") is not None else ""
+            return f"; at KL ≤ {lvl:g}: {top[0]['family']} {top[0]['success']:.2f}{kl}"
+    return ""
 
 
 def verdict(advice_arm: str | None, got: list[dict], base: float | None = None) -> str:
