@@ -26,7 +26,6 @@ def greedy(rt, prompts: list[str], max_new_tokens: int = 8, batch_size: int = 64
     return out
 
 
-
 @torch.no_grad()
 def answer_logprobs(rt, pairs: list[tuple[str, str]], batch_size: int = 64) -> list[tuple[float, int]]:
     """(Σ log P(answer tokens | prompt), number of answer tokens) per (prompt, answer), batched."""
@@ -37,7 +36,6 @@ def answer_logprobs(rt, pairs: list[tuple[str, str]], batch_size: int = 64) -> l
         a_ids = tok(ans, add_special_tokens=False)["input_ids"]
         rows.append(p_ids + a_ids)
         spans.append((len(p_ids), a_ids))
-    out = []
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: less padding
     res: dict[int, tuple[float, int]] = {}
     for s in range(0, len(order), batch_size):
@@ -67,8 +65,7 @@ def answer_logprobs(rt, pairs: list[tuple[str, str]], batch_size: int = 64) -> l
             n = len(spans[i][1])
             res[i] = (float(lp[k:k + n].sum()), n)
             k += n
-    out = [res[i] for i in range(len(rows))]
-    return out
+    return [res[i] for i in range(len(rows))]
 
 
 def prefers(rt, rows: list[tuple[str, str, str]], batch_size: int = 64) -> list[bool]:

@@ -68,8 +68,8 @@ def entry(report: dict, task: Task, level: float = LEVEL) -> dict:
 
 
 def looser(report: dict, level: float, base: float | None) -> str:
-    """"; at KL ≤ L: family success (KL k)" for the first looser matched level where a family beats the
-    unedited model by more than :data:`TIE`, else "" (the report's levels: :data:`surgeon.study.search.KL_LEVELS`)."""
+    """The verdict's tail ``; at KL ≤ L: family success (KL k)`` for the first looser matched level where a
+    family beats the unedited model by more than :data:`TIE`, else "" (levels: ``search.KL_LEVELS``)."""
     for lvl in sorted(float(k) for f in report["search"].values() for k in f["matched"]):
         if lvl <= level:
             continue
