@@ -260,6 +260,12 @@ class Runtime:
         self.logits(torch.tensor([ids], device=self.device), keep=1, use_cache=True, **{self.cache_kw(): cache})
         return cache
 
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of the vocabulary head on final-normed states, soft-capped where the model caps them."""
+        logits = self.module("lm_head")(h).float()
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     def encode(self, texts: list[str] | str, *, add_special_tokens: bool = True) -> dict:
         """Left-padded batch (so position -1 is every prompt's last token)."""
         if isinstance(texts, str):
@@ -386,9 +392,7 @@ class Resume:
             h = _main(self.rt.layer(self.layer + i)(h, *args, **kwargs))
         if rows is not None:
             h = h[rows, cols]
-        logits = self.rt.module("lm_head")(self.rt.module("final_norm")(h)).float().to(self.rt.device)
-        cap = getattr(self.rt.model.config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
+        return self.rt.head(self.rt.module("final_norm")(h)).to(self.rt.device)
 
 
 def load(ck_or_path, **kw) -> Runtime:

@@ -55,10 +55,7 @@ def answer_logprobs(rt, pairs: list[tuple[str, str]], batch_size: int = 64) -> l
             off = T - len(rows[i])
             for k, a in enumerate(a_ids):
                 r.append(j), c.append(off + n_p - 1 + k), t.append(a)
-        logits = rt.model.get_output_embeddings()(hidden[torch.tensor(r), torch.tensor(c)]).float()
-        cap = getattr(rt.model.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+        logits = rt.head(hidden[torch.tensor(r), torch.tensor(c)])
         lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(t).view(-1, 1)).squeeze(1)
         k = 0
         for i in idx:

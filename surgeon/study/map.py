@@ -70,7 +70,7 @@ def entry(report: dict, task: Task, level: float = LEVEL) -> dict:
 def looser(report: dict, level: float, base: float | None) -> str:
     """The verdict's tail ``; at KL ≤ L: family success (KL k)`` for the first looser matched level where a
     family beats the unedited model by more than :data:`TIE`, else "" (levels: ``search.KL_LEVELS``)."""
-    for lvl in sorted(float(k) for f in report["search"].values() for k in f["matched"]):
+    for lvl in sorted({float(k) for f in report["search"].values() for k in f["matched"]}):
         if lvl <= level:
             continue
         top = ranked(report, lvl)
