@@ -109,3 +109,15 @@ def test_a_generation_that_does_not_write_the_whole_target_fails(before_after):
     probe = Probe("The Eiffel Tower is located in the city of", " Rome, Italy, Europe", " Paris")
     g = measure.generated_success(rt, [probe])
     assert g.rows[0]["generated"].startswith(" Rome") and g.rate.k == 0  # " Rome, Italy." lacks ", Europe"
+
+
+def test_batched_greedy_writes_what_one_prompt_at_a_time_writes(before_after):
+    """Left padding (positions follow the mask) leaves the greedy text of prompts of unequal length as it is
+    alone: the batched form the fact scorers use and the one-at-a-time form the task measurement uses agree."""
+    *_, rt = before_after
+    prompts = ["The Eiffel Tower is located in the city of", "Paris is", "The capital of Italy is",
+               "Once upon a time, in a small village by the sea, there lived"]
+    alone = rt.generate(prompts, 12)
+    assert alone == [rt.generate(p, 12) for p in prompts] and alone[0].startswith(" Rome")
+    assert rt.generate(prompts, 12, batch_size=4) == alone
+    assert isinstance(rt.generate(prompts[1], 3), str)

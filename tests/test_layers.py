@@ -16,7 +16,7 @@ LAYERS = [  # bottom to top
     {"errors", "_version", "_threads", "data"},
     {"roles"},
     {"io", "fixtures"},
-    {"runtime", "runtime_placement"},
+    {"runtime"},
     {"edits"},
     {"study"},
     {"export"},

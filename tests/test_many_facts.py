@@ -151,6 +151,20 @@ def test_the_null_space_leaves_room_for_a_round_of_a_hundred_keys(model, facts):
     assert old_kept < kept / 3
 
 
+def test_layer_ranges_use_the_one_grammar_and_need_a_layer_above(smollm2):
+    """edit_facts reads layers as the fine-tune does (``2-4``, ``2,4``); the top layer cannot be edited."""
+    from surgeon.edits.memit import _layers
+
+    ck = surgeon.open(smollm2)
+    assert _layers(ck, "2,4-5") == [2, 4, 5] and _layers(ck, [6, 2]) == [2, 6] and _layers(ck, None) == LAYERS
+    with pytest.raises(EditError, match="last edited layer must have one above"):
+        _layers(ck, "28-29")
+    with pytest.raises(EditError, match="layer 30 does not exist"):
+        _layers(ck, "30")
+    with pytest.raises(EditError, match="expected ranges like 0-6"):
+        edit_facts(ck, [], layers="two")
+
+
 def test_null_space_projector_is_a_projector_onto_small_directions():
     g = torch.Generator().manual_seed(0)
     U, _ = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))

@@ -26,7 +26,7 @@ from surgeon.cli import main
 from surgeon.errors import UnknownArchitecture
 from surgeon.roles.infer import infer_architecture
 from surgeon.roles.layers import checkpoint_kinds
-from surgeon.runtime_placement import auto_class
+from surgeon.runtime.placement import auto_class
 
 WRAPPERS = ["gemma3", "llava", "mistral3", "paligemma"]
 

@@ -24,7 +24,7 @@ from surgeon.cli.export import export_adapter_cmd, export_group
 from surgeon.cli.fixture import fixture
 from surgeon.cli.study import compare, finetune, locate_cmd, map_cmd
 from surgeon.errors import SurgeonError
-from surgeon.runtime_placement import parse_max_memory
+from surgeon.runtime.placement import parse_max_memory
 
 
 class _Group(click.Group):

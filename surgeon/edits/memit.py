@@ -49,9 +49,10 @@ import torch
 
 from surgeon.edits.alphaedit import FactsState, insert_projected, null_space
 from surgeon.edits.covariance import key_covariance
-from surgeon.edits.rome import RankOneRequest, _frozen, _jsonable, _last_subject_token, _left_pad, corpus_prefixes
+from surgeon.edits.request import RankOneRequest, corpus_prefixes, params_record, subject_token
 from surgeon.errors import EditError
-from surgeon.runtime import load
+from surgeon.roles.layers import parse_layers
+from surgeon.runtime import left_pad, load, positions
 
 
 @dataclass
@@ -107,7 +108,7 @@ def edit_facts(ck, requests: list[RankOneRequest], *, layers: list[int] | str | 
     ``mode``: ``"batched"`` (MEMIT: all requests in one update) or
     ``"sequential"`` (AlphaEdit: rounds of ``params.round_size``, each
     null-space projected and keeping the earlier rounds' keys). ``layers``: a
-    list, ``"a-b"``, or None (five layers ending at num_layers // 5: 2-6 on SmolLM2).
+    list, a range spec (``"2-6"``, ``"2,4,6"``), or None (five layers ending at num_layers // 5: 2-6 on SmolLM2).
     ``state``: the :attr:`FactsResult.state` of an earlier call, to go on from
     it (sequential: the earlier rounds stay protected; C and P are not
     recomputed on the edited weights). ``on_round(i, done, state)`` is called
@@ -158,7 +159,7 @@ def edit_facts(ck, requests: list[RankOneRequest], *, layers: list[int] | str | 
         null_dims=state.null_dims(), state=state, delta_w=delta_w)
     ck.record("memit" if mode == "batched" else "alphaedit", layers=layers, mode=mode, requests=len(requests),
               rounds=rounds, covariance={lay: c.describe() for lay, c in state.covariances.items()},
-              relative_change={lay: round(v, 6) for lay, v in result.relative.items()}, params=_jsonable(asdict(p)),
+              relative_change={lay: round(v, 6) for lay, v in result.relative.items()}, params=params_record(p),
               facts=[{"subject": r.subject, "prompt": r.prompt, "target": r.target} for r in requests])
     return result
 
@@ -229,13 +230,13 @@ def _rows(tok, requests: list[RankOneRequest], p: FactsParams, with_target: bool
         for j, (text, start, rw) in enumerate(texts):
             if j == 0:
                 plain.append(len(rows))
-            subj.append(_last_subject_token(tok, text, r.subject, start))
+            subj.append(subject_token(tok, text, r.subject, start))
             ids = tok(text)["input_ids"]
             tgt.append(t_ids if rw and with_target else [])
             rows.append(ids + (t_ids[:-1] if rw and with_target else []))
             req.append(i)
             rewrite.append(rw)
-    ids, mask, offset = _left_pad(rows, tok.pad_token_id)
+    ids, mask, offset = left_pad(rows, tok.pad_token_id)
     subj_col = torch.tensor([o + s for o, s in zip(offset, subj)])
     last = torch.tensor([len(r) - 1 + o for r, o in zip(rows, offset)])
     nr, nc, nt = [], [], []
@@ -266,7 +267,7 @@ def _optimise_chunk(rt, requests, layer, p):
     b = _rows(rt.tokenizer, requests, p)
     n = len(requests)
     split = int(b.subj.min())
-    with _frozen(rt.model):
+    with rt.frozen():
         top = rt.resume_from(layer + 1, b.ids, b.mask, split=split)
     h0 = top.hidden.detach()
     at = b.subj - split
@@ -286,7 +287,7 @@ def _optimise_chunk(rt, requests, layer, p):
     opt = torch.optim.Adam([delta], lr=p.lr)
     max_norm = p.clamp_norm_factor * h_init.norm(dim=1)
     h_norm2 = h_init.norm(dim=1) ** 2
-    with _frozen(rt.model), torch.enable_grad():
+    with rt.frozen(), torch.enable_grad():
         with torch.no_grad():
             base = torch.log_softmax(top.run(h0, sel_r[n_nll:], sel_c[n_nll:]), -1)
         done = torch.zeros(n, dtype=torch.bool)
@@ -351,7 +352,7 @@ def compute_keys(rt, requests: list[RankOneRequest], layer: int, z_layer: int, p
             got["h"] = x[torch.arange(len(x)), col]
             raise _Stop
 
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        pos = positions(mask)
         with rt.patch(f"layers.{layer}.mlp.down.input", grab_k), rt.patch(f"layers.{z_layer}", grab_h):
             try:
                 body(input_ids=ids.to(rt.device), attention_mask=mask.to(rt.device), position_ids=pos.to(rt.device),
@@ -395,12 +396,9 @@ def _layers(ck, layers) -> list[int]:
     if layers is None:
         top = ck.num_layers // 5  # ROME's layer (6 of SmolLM2's 30) is the top of the range
         out = list(range(max(0, top - 4), top + 1))
-    elif isinstance(layers, str):
-        a, _, b = layers.partition("-")
-        out = list(range(int(a), int(b or a) + 1))
     else:
-        out = sorted(int(lay) for lay in layers)
-    if not out or out[0] < 0 or out[-1] >= ck.num_layers - 1:
+        out = parse_layers(layers, ck.num_layers, error=EditError)
+    if not out or out[-1] >= ck.num_layers - 1:
         raise EditError(f"edit_facts: layers {layers!r} out of range for {ck.num_layers} layers "
                         f"(the last edited layer must have one above it)")
     for lay in out:

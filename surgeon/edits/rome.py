@@ -40,28 +40,16 @@ reproducible, and still ordinary text ending in ". " before the prompt.
 
 from __future__ import annotations
 
-import random
-import re
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from surgeon.data import neutral_paragraphs
 from surgeon.edits.covariance import Covariance, key_covariance
+from surgeon.edits.request import RankOneRequest, corpus_prefixes, params_record, subject_token
 from surgeon.errors import EditError
-from surgeon.runtime import load
-
-
-@dataclass
-class RankOneRequest:
-    """One fact: ``prompt`` contains ``subject`` and should continue with ``target`` (mind the leading space)."""
-
-    prompt: str
-    subject: str
-    target: str
+from surgeon.runtime import left_pad, load
 
 
 @dataclass
@@ -153,7 +141,7 @@ def rank_one(ck, request: RankOneRequest, *, layer: int | None = None, covarianc
     )
     ck.record("rome", key=key, layer=layer, subject=request.subject, prompt=request.prompt, target=request.target,
               covariance=cov_info, p_before=round(p_before, 4), p_after=round(p_after, 4),
-              relative_change=round(result.relative, 5), steps=steps, params=_jsonable(asdict(p)),
+              relative_change=round(result.relative, 5), steps=steps, params=params_record(p),
               **({"warning": warning} if warning else {}))
     return result
 
@@ -218,9 +206,9 @@ class RewriteBatch:
         n_rw = len(prefixes)
         rows, subj = [], []
         for i, text in enumerate(texts):
-            subj.append(_last_subject_token(tok, text, request.subject, len(prefixes[i]) if i < n_rw else 0))
+            subj.append(subject_token(tok, text, request.subject, len(prefixes[i]) if i < n_rw else 0))
             rows.append(tok(text)["input_ids"] + (target_ids[:-1] if i < n_rw else []))
-        ids, mask, offset = _left_pad(rows, tok.pad_token_id)
+        ids, mask, offset = left_pad(rows, tok.pad_token_id)
         subj_col = torch.tensor([o + s for o, s in zip(offset, subj)])
         last_col = torch.tensor([len(r) - 1 + o for r, o in zip(rows, offset)])
         split = int(subj_col.min()) if p.resume else 0
@@ -244,7 +232,7 @@ def compute_key(rt, key: str, batch: RewriteBatch, start_layer: int):
     ``top`` reruns layers ``start_layer``.. of the batch (:meth:`Runtime.resume_from`).
     """
     at = batch.subj_col - batch.split
-    with _frozen(rt.model), rt.capture([f"{key}.input"]) as store:
+    with rt.frozen(), rt.capture([f"{key}.input"]) as store:
         top = rt.resume_from(start_layer, batch.ids, batch.mask, split=batch.split)
     keys = store[f"{key}.input"].float()
     per_row = keys[torch.arange(batch.n_rw), at[: batch.n_rw]].cpu()
@@ -272,7 +260,7 @@ def optimise_value(rt, key: str, top, batch: RewriteBatch, wk: torch.Tensor, p: 
         idx = (r_all.to(out.device), c_all.to(out.device))
         return out.index_put(idx, delta.to(out.device, out.dtype).expand(batch.rows, -1), accumulate=True)
 
-    with _frozen(rt.model), torch.enable_grad():
+    with rt.frozen(), torch.enable_grad():
         with torch.no_grad():
             base = torch.log_softmax(top.run(top.hidden, sel_r[n_nll:], sel_c[n_nll:]), -1)
         steps, p_opt = 0, 0.0
@@ -325,59 +313,3 @@ def _second_moment(ck, layer: int, covariance, p: RankOneParams, rt):
     if isinstance(covariance, Covariance):
         return covariance.matrix, covariance.describe(), 0.0
     return torch.as_tensor(covariance), {"source": "tensor"}, 0.0
-
-
-# -------------------------------------------------------------------- helpers
-
-
-def corpus_prefixes(n: int, words: tuple[int, ...] = (5, 10), seed: int = 0) -> list[str]:
-    """``n`` short openings of corpus sentences, each ending in ". ", lengths cycling through ``words``."""
-    sentences = [s for para in neutral_paragraphs("fit") for s in re.split(r"(?<=[.!?])\s+", para)]
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        want = words[i % len(words)]
-        pool = [s for s in sentences if len(s.split()) > want]
-        opening = " ".join(rng.choice(pool).split()[:want]).rstrip(",;:.")
-        out.append(opening + ". ")
-    return out
-
-
-def _last_subject_token(tok, text: str, subject: str, start: int) -> int:
-    """Index of the last token overlapping ``subject`` (first occurrence at or after char ``start``)."""
-    s = text.find(subject, start)
-    end = s + len(subject)
-    if getattr(tok, "is_fast", False):
-        offsets = tok(text, return_offsets_mapping=True)["offset_mapping"]
-        hits = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > s]
-        if hits:
-            return hits[-1]
-    return len(tok(text[:end])["input_ids"]) - 1
-
-
-def _left_pad(rows: list[list[int]], pad: int):
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    offset = []
-    for i, r in enumerate(rows):
-        ids[i, T - len(r):] = torch.tensor(r)
-        mask[i, T - len(r):] = 1
-        offset.append(T - len(r))
-    return ids, mask, offset
-
-
-@contextmanager
-def _frozen(model):
-    """No weight gradients during the v* optimisation (they would cost a third more matmuls)."""
-    flags = [q.requires_grad for q in model.parameters()]
-    model.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for q, f in zip(model.parameters(), flags):
-            q.requires_grad_(f)
-
-
-def _jsonable(d: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -11,6 +11,8 @@ come from ``rope_parameters`` per attention type. Header-only: no torch.
 
 from __future__ import annotations
 
+import re
+
 ATTENTION = {
     "full_attention": "full",
     "sliding_attention": "sliding",
@@ -127,3 +129,28 @@ def count_tags(names: list[str], layers) -> str:
         if 0 <= i < len(names) and names[i]:
             counts[names[i]] = counts.get(names[i], 0) + 1
     return ", ".join(f"{k} ×{n}" for k, n in counts.items())
+
+
+def parse_layers(spec, num_layers: int, *, error: type[Exception] = ValueError) -> list[int]:
+    """``"0-6"`` / ``"0,3,5"`` / ``"all"`` / ``[0, 1]`` -> sorted layer indices, checked against the model
+    (one grammar for the fine-tune's, the edits' and the reports' layer ranges); ``error`` is raised on a bad spec."""
+    if isinstance(spec, (list, tuple)):
+        out = [int(x) for x in spec]
+    else:
+        s = str(spec).strip()
+        if s == "all":
+            return list(range(num_layers))
+        out = []
+        for part in s.split(","):
+            m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+            if not m:
+                raise error(f"layers {spec!r}: expected ranges like 0-6, lists like 0,3,5, or all")
+            a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+            if b < a:
+                raise error(f"layers {spec!r}: range {a}-{b} runs backwards")
+            out.extend(range(a, b + 1))
+    bad = [x for x in out if not 0 <= x < num_layers]
+    if bad:
+        raise error(f"layers {spec!r}: layer {bad[0]} does not exist "
+                    f"(the model has {num_layers}: 0-{num_layers - 1})")
+    return sorted(set(out))

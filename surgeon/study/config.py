@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from surgeon.errors import SurgeonError
+from surgeon.roles import layers
 
 
 class FinetuneError(SurgeonError):
@@ -65,27 +66,8 @@ class FinetuneConfig:
 
 
 def parse_layers(spec, num_layers: int) -> list[int]:
-    """``"0-6"`` / ``"0,3,5"`` / ``"all"`` / ``[0, 1]`` -> sorted layer indices, checked against the model."""
-    if isinstance(spec, (list, tuple)):
-        out = [int(x) for x in spec]
-    else:
-        s = str(spec).strip()
-        if s == "all":
-            return list(range(num_layers))
-        out = []
-        for part in s.split(","):
-            m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-            if not m:
-                raise FinetuneError(f"layers {spec!r}: expected ranges like 0-6, lists like 0,3,5, or all")
-            a, b = int(m.group(1)), int(m.group(2) or m.group(1))
-            if b < a:
-                raise FinetuneError(f"layers {spec!r}: range {a}-{b} runs backwards")
-            out.extend(range(a, b + 1))
-    bad = [x for x in out if not 0 <= x < num_layers]
-    if bad:
-        raise FinetuneError(f"layers {spec!r}: layer {bad[0]} does not exist "
-                            f"(the model has {num_layers}: 0-{num_layers - 1})")
-    return sorted(set(out))
+    """:func:`surgeon.roles.layers.parse_layers`, failing as a fine-tune configuration error."""
+    return layers.parse_layers(spec, num_layers, error=FinetuneError)
 
 
 def parse_roles(spec) -> list[str]:

@@ -10,20 +10,9 @@ from __future__ import annotations
 import torch
 
 from surgeon.data import neutral_paragraphs
+from surgeon.runtime import left_pad, positions
 from surgeon.study import generate
 from surgeon.study.generate import ANSWER_TOKENS, FREE_TOKENS, degeneration, says
-
-
-@torch.no_grad()
-def greedy(rt, prompts: list[str], max_new_tokens: int = 8, batch_size: int = 64) -> list[str]:
-    """Greedy continuations (text after the prompt), batched with left padding."""
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        enc = rt.encode(prompts[i:i + batch_size])
-        gen = rt.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=rt.tokenizer.pad_token_id)
-        out += rt.tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return out
 
 
 @torch.no_grad()
@@ -40,19 +29,13 @@ def answer_logprobs(rt, pairs: list[tuple[str, str]], batch_size: int = 64) -> l
     res: dict[int, tuple[float, int]] = {}
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        T = max(len(rows[i]) for i in idx)
-        ids = torch.full((len(idx), T), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), T), dtype=torch.long)
-        for j, i in enumerate(idx):
-            ids[j, T - len(rows[i]):] = torch.tensor(rows[i])
-            mask[j, T - len(rows[i]):] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, offset = left_pad([rows[i] for i in idx], tok.pad_token_id)
         hidden = rt.model.base_model(input_ids=ids.to(rt.device), attention_mask=mask.to(rt.device),
-                                     position_ids=pos.to(rt.device), use_cache=False).last_hidden_state
+                                     position_ids=positions(mask).to(rt.device), use_cache=False).last_hidden_state
         r, c, t = [], [], []
         for j, i in enumerate(idx):
             n_p, a_ids = spans[i]
-            off = T - len(rows[i])
+            off = offset[j]
             for k, a in enumerate(a_ids):
                 r.append(j), c.append(off + n_p - 1 + k), t.append(a)
         logits = rt.head(hidden[torch.tensor(r), torch.tensor(c)])
@@ -78,13 +61,13 @@ def generated_success(rt, rows: list[tuple[str, str, str]], max_new_tokens: int 
     """:func:`surgeon.study.generate.generated_success`'s rule (the "Mirage" protocol, arXiv 2502.11177) on
     batched generations: for each (prompt, target, original), the greedy continuation contains the target,
     not the original answer, and is not degenerate."""
-    gen = greedy(rt, [p for p, _, _ in rows], max_new_tokens, batch_size)
+    gen = rt.generate([p for p, _, _ in rows], max_new_tokens, batch_size=batch_size)
     return [says(g, t) and not says(g, o) and degeneration(g) is None for g, (_, t, o) in zip(gen, rows)]
 
 
 def fluency(rt, prompts: list[str], max_new_tokens: int = FREE_TOKENS) -> tuple[float, list[str]]:
     """ROME's n-gram entropy (:func:`surgeon.study.generate.fluency`) of batched greedy continuations."""
-    gen = greedy(rt, prompts, max_new_tokens)
+    gen = rt.generate(prompts, max_new_tokens, batch_size=64)
     return generate.fluency(gen), gen
 
 

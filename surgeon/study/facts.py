@@ -42,9 +42,9 @@ from pathlib import Path
 
 import torch
 
-from surgeon.edits.rome import RankOneRequest
+from surgeon.edits.request import RankOneRequest
 from surgeon.fixtures import fixture
-from surgeon.runtime import load
+from surgeon.runtime import left_pad, load, positions
 from surgeon.study.task import Example, Probe, Task
 
 # templates[0] is the edit prompt; the others are held-out paraphrases.
@@ -175,17 +175,13 @@ def known(rt, cands: list[tuple[str, str, str]], batch_size: int = 64, progress:
         order = sorted(range(b0, min(b0 + step, len(rows))), key=lambda i: len(rows[i]))
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            T = max(len(rows[i]) for i in idx)
-            ids = torch.full((len(idx), T), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), T), dtype=torch.long)
+            ids, mask, offset = left_pad([rows[i] for i in idx], tok.pad_token_id)
             r, c = [], []
             for j, i in enumerate(idx):
-                ids[j, T - len(rows[i]):] = torch.tensor(rows[i])
-                mask[j, T - len(rows[i]):] = 1
-                first = T - len(rows[i]) + spans[i][0] - 1  # the column that predicts the answer's first token
+                first = offset[j] + spans[i][0] - 1  # the column that predicts the answer's first token
                 for k in range(len(spans[i][1]) + 1):
-                    r.append(j), c.append(min(first + k, T - 1))
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                    r.append(j), c.append(min(first + k, ids.shape[1] - 1))
+            pos = positions(mask)
             with torch.no_grad():
                 h = rt.model.base_model(input_ids=ids.to(rt.device), attention_mask=mask.to(rt.device),
                                         position_ids=pos.to(rt.device), use_cache=False).last_hidden_state

@@ -60,7 +60,7 @@ from torch.distributed.fsdp import fully_shard
 from surgeon._threads import quiet_waits, thread_count
 from surgeon.io.checkpoint import open_checkpoint
 from surgeon.runtime import Runtime, load
-from surgeon.runtime_placement import auto_class, default_device
+from surgeon.runtime.placement import auto_class, default_device
 from surgeon.study import train
 from surgeon.study.config import FinetuneConfig, FinetuneError
 from surgeon.study.cost import peak_rss_mb

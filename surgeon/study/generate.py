@@ -137,9 +137,8 @@ def runtime(x) -> Runtime:
 
 
 def greedy(model, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy continuations (one prompt at a time: no padding can change an argmax)."""
-    rt = runtime(model)
-    return [rt.generate(p, max_new_tokens=max_new_tokens) for p in prompts]
+    """Greedy continuations, one prompt at a time (no padding can change an argmax)."""
+    return runtime(model).generate(prompts, max_new_tokens)
 
 
 def neutral_prompts(texts: list[str], n: int = 8, words: int = PROMPT_WORDS) -> list[str]:

@@ -344,7 +344,7 @@ def _spelling(rt, task: Task) -> tuple[list[str], Rate, Rate]:
     if not prompts:
         raise MeasureError(f"task {task.name}: spelling needs a list of prompts to generate from")
     n = int(task.spelling.get("max_new_tokens", 40))
-    texts = [rt.generate(p, max_new_tokens=n) for p in prompts]
+    texts = rt.generate(prompts, max_new_tokens=n)
     rate, bad = generate.spelling_counts(task.spelling["rules"], texts)
     return texts, rate, bad
 
