@@ -31,7 +31,7 @@ apart: it is computed once per model and cached); peak RSS.
 Usage::
 
     python benches/bench_many_facts.py [--model smollm2|gemma3|PATH] [--n 1,10,100,1000]
-        [--methods none,rome,memit,alphaedit,lora] [--split test] [--out DIR] [--plot FILE]
+        [--methods none,rome,memit,alphaedit,lora] [--split test] [--param l2=30 ...] [--out DIR] [--plot FILE]
 
 Writes DIR/results.json (one record per run, appended as runs finish, so an
 interrupted bench keeps what it measured) and a plot of each metric against N.
@@ -114,7 +114,8 @@ def evaluate(rt, fs: list[F.Fact], ref) -> dict:
             "kl": neutral_kl(rt, ref)}
 
 
-def run_one(model: str, method: str, n: int, split: str, layers: str | None, weight: float | None = None) -> dict:
+def run_one(model: str, method: str, n: int, split: str, layers: str | None, weight: float | None = None,
+            params: dict | None = None) -> dict:
     torch.set_num_threads(int(os.environ.get("SURGEON_THREADS", "2")))
     task = Task.load(fact_file(model))
     fs = F.facts(task, split)[:n]
@@ -135,7 +136,8 @@ def run_one(model: str, method: str, n: int, split: str, layers: str | None, wei
         extra["layers"] = [layer]
     elif method in ("memit", "alphaedit"):
         res = edit_facts(ck, reqs, layers=layers, mode="batched" if method == "memit" else "sequential",
-                         params=FactsParams(round_size=ROUND, **({"covariance_weight": weight} if weight else {})),
+                         params=FactsParams(**{"round_size": ROUND, **({"covariance_weight": weight} if weight else {}),
+                                               **(params or {})}),
                          runtime=rt)
         extra = {"layers": res.layers, "seconds_covariance": res.seconds_covariance,
                  "covariance_tokens": res.covariance_tokens, "seconds_values": res.seconds_values,
@@ -159,7 +161,8 @@ def run_one(model: str, method: str, n: int, split: str, layers: str | None, wei
         cpu -= extra["seconds_covariance"]  # zero once C is cached
     metrics = evaluate(rt, fs, ref)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"model": model, "method": method, "n": len(fs), "split": split, "wall_s": wall, "cpu_s": cpu,
+    name = method + (f"[{','.join(f'{k}={v}' for k, v in params.items())}]" if params else "")
+    return {"model": model, "method": name, "n": len(fs), "split": split, "wall_s": wall, "cpu_s": cpu,
             "s_per_fact": wall / max(len(fs), 1), "peak_rss_mb": rss, **metrics, **extra}
 
 
@@ -214,13 +217,17 @@ def main(argv=None) -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--layers", default=None, help="MEMIT/AlphaEdit layer range, e.g. 2-6 (default: the entry's)")
     ap.add_argument("--weight", type=float, default=None, help="MEMIT/AlphaEdit λ (FactsParams.covariance_weight)")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a FactsParams field for MEMIT/AlphaEdit (repeatable), e.g. l2=30 round_size=25; "
+                         "the record's method is then named alphaedit[l2=30,round_size=25]")
     ap.add_argument("--rome-max", type=int, default=100, help="skip repeated ROME above this N (4-5 s per fact)")
     ap.add_argument("--out", default="bench-many-facts")
     ap.add_argument("--plot", default=None)
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    params = {k: type(getattr(FactsParams(), k))(v) for k, _, v in (x.partition("=") for x in a.param)}
     if a.one:
-        print(json.dumps(run_one(a.model, a.one[0], int(a.one[1]), a.split, a.layers, a.weight)))
+        print(json.dumps(run_one(a.model, a.one[0], int(a.one[1]), a.split, a.layers, a.weight, params)))
         return
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -229,13 +236,15 @@ def main(argv=None) -> None:
     done = {(r["model"], r["method"], r["n"]) for r in records}
     for n in [int(x) for x in a.n.split(",")]:
         for m in a.methods.split(","):
-            if (a.model, m, n) in done or (m == "rome" and n > a.rome_max):
+            name = m + (f"[{','.join(f'{k}={v}' for k, v in params.items())}]" if params else "")
+            if (a.model, name, n) in done or (m == "rome" and n > a.rome_max):
                 continue
             cmd = [sys.executable, __file__, "--model", a.model, "--split", a.split, "--one", m, str(n)]
             if a.layers:
                 cmd += ["--layers", a.layers]
             if a.weight:
                 cmd += ["--weight", str(a.weight)]
+            cmd += [f"--param={x}" for x in a.param]
             t = time.perf_counter()
             p = subprocess.run(cmd, capture_output=True, text=True)
             if p.returncode != 0:
@@ -244,7 +253,7 @@ def main(argv=None) -> None:
             rec = json.loads(p.stdout.strip().splitlines()[-1])
             records.append(rec)
             results.write_text(json.dumps(records, indent=1))
-            print(f"{m:>9} N={n:<5} " + " ".join(f"{k} {rec[k]:.3f}" for k in METRICS)
+            print(f"{name:>9} N={n:<5} " + " ".join(f"{k} {rec[k]:.3f}" for k in METRICS)
                   + f" wall {rec['wall_s']:.1f}s ({rec['s_per_fact']:.2f} s/fact) rss {rec['peak_rss_mb']:.0f} MB"
                   f" [{time.perf_counter() - t:.0f} s with measuring]", flush=True)
     print(table([r for r in records if r["model"] == a.model]))
