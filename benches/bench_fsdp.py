@@ -7,10 +7,10 @@ loss curve's end, and how far the merged tensors of the two runs are apart
 now and then, by one bf16 step).
 On 2 cores the two ranks share the cores the single process uses alone, so
 the wall ratio shows torchrun's start-up and the collectives' cost, not a
-speed-up. The memory column is the largest process's peak: rank 0, which
-loads the whole model and sends each rank its shards (the others build it on
-the meta device); docs/scale.md has the per-rank figures and why the ranks
-trim the heap every few layers (glibc keeps the freed all-gather buffers).
+speed-up. The memory column is the largest process's peak (every rank reads
+its own rows from the files; none holds the whole model); docs/scale.md has
+the per-rank figures and why the ranks trim the heap every few layers (glibc
+keeps the freed all-gather buffers).
 
 ``--merge``: the calling process of a 2-process run (which never builds the
 model) in a fresh child, its peak RSS through merge + save with the trained

@@ -7,14 +7,19 @@ folder and runs ``python -m torch.distributed.run --standalone
 (:func:`main`):
 
 1. joins the process group (gloo on CPU, nccl with one GPU per rank);
-2. rank 0 loads the model from the files and draws the LoRA initialisation
-   from the seed (as one process does); the other ranks build it on the meta
-   device (modules and shapes, no weights);
+2. every rank builds the model on the meta device (modules and shapes, no
+   weights; the buffers the files do not hold, such as rotary tables, are
+   computed as ``from_pretrained`` computes them) and wraps it in LoRA;
 3. shards it with FSDP2: ``fully_shard`` on every decoder layer (the layer
    path from the role table), then on the root (embeddings, final norm, head);
-   rank 0 then sends every tensor in turn and each rank keeps its shard
-   (``set_model_state_dict(..., broadcast_from_rank0=True)``), and the
-   buffers the state dict leaves out (rotary frequencies) are broadcast;
+   then each rank fills its shards itself (:func:`read_shards`): every tensor
+   is read from the files in turn and the rank keeps its rows, and LoRA's A
+   factors are drawn from the seed and the parameter's name
+   (:func:`surgeon.study.train.lora_start`, as one process draws them), so
+   nothing is sent. Where transformers converts tensors on loading (fused MoE
+   experts), parameters are not the files' tensors one to one: rank 0 then
+   loads the model and sends every tensor in turn
+   (``set_model_state_dict(..., broadcast_from_rank0=True)``);
 4. trains with :func:`surgeon.study.train.train`, taking rows ``rank::N`` of
    every batch;
 5. unshards one FSDP unit at a time to read each trained tensor's delta
@@ -27,16 +32,17 @@ the streaming save makes each tensor from the input and its delta file when
 it writes it, one at a time. The job folder lives until the last such value
 is dropped.
 
-Only rank 0 holds the whole model, while it loads and sends it; the other
-ranks hold their shards, so FSDP here divides the weights too, except on rank
-0 (docs/scale.md says what that means for a 70B model).
+No rank holds the whole model: each holds its shards plus the one tensor it is
+reading (float32), so FSDP divides the weights on every rank (except on the
+rank-0 fallback above; docs/scale.md says what that means for a 70B model).
 
 On CPU every rank also hands freed heap pages back to the system every few
 layers (:func:`release_heap_every`): FSDP2 gathers each layer into fresh
 buffers and frees them after use, and glibc keeps those pages, so without it
 each rank's RSS grew to 2.7-3.1 GB during training on SmolLM2 (one process:
 1.4 GB); with it the ranks stay at or near rank 0's load peak (1.18-1.33 GB),
-for 15-20 % more time.
+for 15-20 % more time. A 2-process LoRA run on SmolLM2 now peaks at 1.0-1.15 GB per
+rank (one process: 1.18 GB).
 """
 
 from __future__ import annotations
@@ -151,21 +157,35 @@ def work(folder: Path, rank: int, world: int, device: str) -> None:
     cfg = FinetuneConfig(**doc["config"]).resolved(ck.num_layers)
     keys, notes = doc["keys"], []
 
-    torch.manual_seed(cfg.seed)  # rank 0 draws the LoRA initialisation as one process does
-    rt = load(ck, device=device, from_env=False) if rank == 0 else _skeleton(ck)
+    torch.manual_seed(cfg.seed)
+    rt = _skeleton(ck)  # every rank: modules and shapes on the meta device, buffers real
+    own_rows = _parameters_are_tensors(rt.model, ck)
+    if not own_rows and rank == 0:  # a family whose parameters are not the files' tensors one to one: rank 0 loads
+        rt = load(ck, device=device, from_env=False)
     rows = train.encode(rt.tokenizer, task, cfg.max_length, notes)
     job = train.prepare(rt, ck, cfg, keys, notes)
-    full = job.model.state_dict() if rank == 0 else {}  # rank 0's whole model, LoRA factors included
+    full = job.model.state_dict() if not own_rows and rank == 0 else {}  # rank 0's whole model
+    buffers = {n: b.detach().clone() for n, b in job.model.named_buffers()}  # rotary tables: small, not in the files
     layers = [rt.layer(i) for i in range(rt.num_layers)]
     for layer in layers:
         fully_shard(layer)
     fully_shard(job.model)
-    if rank > 0:
+    if own_rows or rank > 0:
         job.model.to_empty(device=device)  # room for this rank's shards (and the buffers), nothing more
-    set_model_state_dict(job.model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    del full
-    for b in job.model.buffers():  # rotary frequencies are not in the state dict (non-persistent)
-        dist.broadcast(b, src=0)
+    if own_rows:
+        read_shards(job.model, ck, cfg.seed)
+        with torch.no_grad():
+            for n, b in job.model.named_buffers():
+                b.copy_(buffers[n])
+    else:
+        set_model_state_dict(job.model, full,
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        for b in job.model.buffers():  # rotary frequencies are not in the state dict (non-persistent)
+            dist.broadcast(b, src=0)
+    del full, buffers
+    notes.append("each rank read its own rows of every tensor from the files" if own_rows else
+                 "rank 0 loaded the whole model and sent each rank its shards (this family's parameters are not "
+                 "the files' tensors one to one)")
     rt.device = torch.device(device)
     if device == "cpu":
         release_heap_every(layers, TRIM_EVERY)
@@ -220,13 +240,51 @@ def release_heap_every(layers, every: int, trim=None) -> int:
 
 
 def _skeleton(ck):
-    """A Runtime over the model built on the meta device: its modules and shapes, no weights (ranks > 0)."""
+    """A Runtime over the model with its parameters on the meta device (modules and shapes, no weights) and its
+    buffers (rotary tables, embedding scales: computed, not stored) real, as ``from_pretrained`` computes them."""
     from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(ck.path)
     with torch.device("meta"):
         model = auto_class(config, ck.path).from_config(config, dtype=torch.float32)
-    return Runtime(ck, model=model, tokenizer=AutoTokenizer.from_pretrained(ck.path), device="meta")
+    rt = Runtime(ck, model=model, tokenizer=AutoTokenizer.from_pretrained(ck.path), device="meta")
+    for mod in model.modules():  # the model's own _init_weights fills a module's buffers (its meta weights stay so)
+        bufs = dict(mod.named_buffers(recurse=False))
+        if any(b.is_meta for b in bufs.values()):
+            for name, b in bufs.items():
+                mod.register_buffer(name, torch.empty_like(b, device="cpu"),
+                                    persistent=name not in mod._non_persistent_buffers_set)
+            model._init_weights(mod)
+    return rt
+
+
+def _parameters_are_tensors(model, ck) -> bool:
+    """Is every parameter a tensor of the files under its own name and shape (so each rank can read its rows)?
+    Not so where transformers converts tensors on loading (fused experts, renamed keys)."""
+    entries = ck.entries
+    return all(n in entries and tuple(entries[n].shape) == tuple(p.shape) for n, p in model.named_parameters())
+
+
+@torch.no_grad()
+def read_shards(model, ck, seed: int) -> None:
+    """Fill each sharded parameter with this rank's rows: the checkpoint's tensors read one at a time (float32
+    only for the one in hand), LoRA's A factors drawn from the seed (:func:`surgeon.study.train.lora_start`)
+    and its B factors zero. Every rank reads the same files; nothing is sent."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    for name, p in model.named_parameters():
+        if ".lora_A." in name:
+            full = train.lora_start(name, p.shape, seed)
+        elif ".lora_B." in name:
+            full = torch.zeros(p.shape)
+        else:
+            full = ck.stored(name.replace(".base_layer.", "."))
+        full = full.to(p.device, p.dtype)
+        if isinstance(p, DTensor):
+            p.to_local().copy_(distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local())
+        else:
+            p.copy_(full)
+        del full
 
 
 def main(argv: list[str] | None = None) -> int:

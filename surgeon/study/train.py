@@ -13,8 +13,10 @@ which the caller stages into the checkpoint as base + delta read back at save
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +138,14 @@ def batches(rows, batch: int, steps: int, seed: int, pad: int):
 
 
 
+def lora_start(name: str, shape, seed: int) -> torch.Tensor:
+    """LoRA's A factor at the start: peft's kaiming-uniform (a = √5), drawn from a generator seeded by the run's
+    seed and the parameter's name, so any process draws any factor alone (one process and every FSDP rank
+    agree without sending it); B starts at zero, as in peft."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    return torch.nn.init.kaiming_uniform_(torch.empty(tuple(shape)), a=math.sqrt(5), generator=g)
+
+
 @dataclass
 class Job:
     """The model as it will train: the (possibly peft-wrapped) model, the trained modules, their parameters."""
@@ -167,6 +177,10 @@ def prepare(rt, ck, cfg: FinetuneConfig, keys: list[str], notes: list[str]) -> J
             warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*|.*tied.*|.*gradient_checkpointing.*")
             train_model = get_peft_model(model, lcfg)
         lora = {k: model.get_submodule(names[id(modules[k])]) for k in matrices}  # peft swapped them in place
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if ".lora_A." in name and p.device.type != "meta":  # on meta (FSDP ranks) each rank draws it itself
+                    p.copy_(lora_start(name, p.shape, cfg.seed))
         if ck.tied and "lm_head" in matrices and "embed" not in matrices:
             notes.append("LoRA on a tied lm_head: trained on the output side only, but merged into the shared matrix, "
                          "so the saved model's input embeddings move by the same update")
