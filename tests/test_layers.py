@@ -13,7 +13,7 @@ import surgeon
 
 ROOT = Path(surgeon.__file__).parent
 LAYERS = [  # bottom to top
-    {"errors", "_version", "_threads", "data"},
+    {"errors", "_version", "_threads", "_heap", "data"},
     {"roles"},
     {"io", "fixtures"},
     {"runtime"},

@@ -47,8 +47,6 @@ rank (one process: 1.18 GB).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
 import re
@@ -63,6 +61,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.fsdp import fully_shard
 
+from surgeon._heap import trimmer
 from surgeon._threads import quiet_waits, thread_count
 from surgeon.io.checkpoint import open_checkpoint
 from surgeon.runtime import Runtime, load
@@ -215,11 +214,9 @@ def release_heap_every(layers, every: int, trim=None) -> int:
     ``trim`` defaults to glibc's ``malloc_trim(0)``; where the C library has
     none, nothing is installed. Returns the number of layers given hooks.
     """
+    trim = trim or trimmer()
     if trim is None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        if not hasattr(libc, "malloc_trim"):
-            return 0
-        trim = lambda: libc.malloc_trim(0)  # noqa: E731
+        return 0
 
     def before(module, args) -> None:
         trim()
