@@ -25,8 +25,25 @@ own safetensors files at each forward). ``layers=n`` builds only the first n
 decoder layers from the same files (covariance or steering at layer n - 1 never
 runs, nor loads, the layers above). Hooks follow the activation's device.
 """
-from surgeon.runtime.bridge import Runtime, bos_id, load
-from surgeon.runtime.placement import default_device
-from surgeon.runtime.resume import Resume, left_pad, positions
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_HOME = {"Runtime": "bridge", "bos_id": "bridge", "load": "bridge", "default_device": "placement",
+         "Resume": "resume", "left_pad": "resume", "positions": "resume"}
 __all__ = ["Resume", "Runtime", "bos_id", "default_device", "left_pad", "load", "positions"]
+
+if TYPE_CHECKING:
+    from surgeon.runtime.bridge import Runtime, bos_id, load
+    from surgeon.runtime.placement import default_device
+    from surgeon.runtime.resume import Resume, left_pad, positions
+
+
+def __getattr__(name: str):
+    """Import on first use (PEP 562): ``surgeon.runtime.placement`` is read by the CLI before torch may load
+    (its OpenMP wait policy must be set first), so the package itself imports nothing heavy."""
+    if name in _HOME:
+        return getattr(importlib.import_module(f"surgeon.runtime.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'surgeon.runtime' has no attribute {name!r}")
