@@ -161,12 +161,16 @@ def run_one(model: str, method: str, n: int, split: str, layers: str | None, wei
         cpu -= extra["seconds_covariance"]  # zero once C is cached
     metrics = evaluate(rt, fs, ref)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    name = method + (f"[{','.join(f'{k}={v}' for k, v in params.items())}]" if params else "")
-    return {"model": model, "method": name, "n": len(fs), "split": split, "wall_s": wall, "cpu_s": cpu,
+    return {"model": model, "method": named(method, params), "n": len(fs), "split": split, "wall_s": wall, "cpu_s": cpu,
             "s_per_fact": wall / max(len(fs), 1), "peak_rss_mb": rss, **metrics, **extra}
 
 
 # ------------------------------------------------------------------- driver
+
+
+def named(method: str, params: dict | None) -> str:
+    """A record's method name: ``alphaedit``, or ``alphaedit[l2=300.0]`` when ``--param`` set FactsParams fields."""
+    return method + (f"[{','.join(f'{k}={v}' for k, v in params.items())}]" if params else "")
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -236,7 +240,7 @@ def main(argv=None) -> None:
     done = {(r["model"], r["method"], r["n"]) for r in records}
     for n in [int(x) for x in a.n.split(",")]:
         for m in a.methods.split(","):
-            name = m + (f"[{','.join(f'{k}={v}' for k, v in params.items())}]" if params else "")
+            name = named(m, params)
             if (a.model, name, n) in done or (m == "rome" and n > a.rome_max):
                 continue
             cmd = [sys.executable, __file__, "--model", a.model, "--split", a.split, "--one", m, str(n)]

@@ -22,10 +22,3 @@ def trimmer() -> Callable[[], int] | None:
         return None
     fn = getattr(libc, "malloc_trim", None)
     return (lambda: fn(0)) if fn is not None else None
-
-
-def trim() -> None:
-    """Release what the heap keeps, where the C library can."""
-    t = trimmer()
-    if t is not None:
-        t()

@@ -14,7 +14,7 @@ from torch import nn
 
 from surgeon.io.checkpoint import open_checkpoint
 from surgeon.runtime.placement import default_device, env_placement, input_device, load_model
-from surgeon.runtime.resume import Resume, hidden_of, resume_from
+from surgeon.runtime.resume import Resume, hidden_of, left_pad, positions, resume_from
 
 
 def bos_id(tokenizer) -> int | None:
@@ -235,6 +235,16 @@ class Runtime:
         logits = self.module("lm_head")(h).float()
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
+
+    @torch.no_grad()
+    def states(self, rows: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
+        """Final-normed hidden states (batch, T, d) of token-id rows run as one left-padded batch (positions
+        follow the mask), and each row's offset in it. No vocabulary head: a caller reads the few columns it
+        needs through :meth:`head`."""
+        ids, mask, offset = left_pad(rows, self.tokenizer.pad_token_id)
+        out = self.model.base_model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                    position_ids=positions(mask).to(self.device), use_cache=False)
+        return out.last_hidden_state, offset
 
     def encode(self, texts: list[str] | str, *, add_special_tokens: bool = True) -> dict:
         """Left-padded batch (so position -1 is every prompt's last token)."""

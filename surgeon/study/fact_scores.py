@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 
 from surgeon.data import neutral_paragraphs
-from surgeon.runtime import left_pad, positions
 from surgeon.study import generate
 from surgeon.study.generate import ANSWER_TOKENS, FREE_TOKENS, degeneration, says
 
@@ -29,9 +28,7 @@ def answer_logprobs(rt, pairs: list[tuple[str, str]], batch_size: int = 64) -> l
     res: dict[int, tuple[float, int]] = {}
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        ids, mask, offset = left_pad([rows[i] for i in idx], tok.pad_token_id)
-        hidden = rt.model.base_model(input_ids=ids.to(rt.device), attention_mask=mask.to(rt.device),
-                                     position_ids=positions(mask).to(rt.device), use_cache=False).last_hidden_state
+        hidden, offset = rt.states([rows[i] for i in idx])
         r, c, t = [], [], []
         for j, i in enumerate(idx):
             n_p, a_ids = spans[i]

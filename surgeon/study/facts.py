@@ -44,7 +44,7 @@ import torch
 
 from surgeon.edits.request import RankOneRequest
 from surgeon.fixtures import fixture
-from surgeon.runtime import left_pad, load, positions
+from surgeon.runtime import load
 from surgeon.study.task import Example, Probe, Task
 
 # templates[0] is the edit prompt; the others are held-out paraphrases.
@@ -168,24 +168,20 @@ def known(rt, cands: list[tuple[str, str, str]], batch_size: int = 64, progress:
         rows.append(p_ids + a_ids)
         spans.append((len(p_ids), a_ids))
     ok = [False] * len(rows)
-    head = rt.model.get_output_embeddings()
     step = batch_size * 8  # candidates in order, sorted by length within each block: little padding
     bar = tqdm(total=len(rows), disable=not progress, desc="known facts", leave=False)
     for b0 in range(0, len(rows), step):
         order = sorted(range(b0, min(b0 + step, len(rows))), key=lambda i: len(rows[i]))
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            ids, mask, offset = left_pad([rows[i] for i in idx], tok.pad_token_id)
+            h, offset = rt.states([rows[i] for i in idx])
             r, c = [], []
             for j, i in enumerate(idx):
                 first = offset[j] + spans[i][0] - 1  # the column that predicts the answer's first token
                 for k in range(len(spans[i][1]) + 1):
-                    r.append(j), c.append(min(first + k, ids.shape[1] - 1))
-            pos = positions(mask)
+                    r.append(j), c.append(min(first + k, h.shape[1] - 1))
             with torch.no_grad():
-                h = rt.model.base_model(input_ids=ids.to(rt.device), attention_mask=mask.to(rt.device),
-                                        position_ids=pos.to(rt.device), use_cache=False).last_hidden_state
-                top = head(h[torch.tensor(r), torch.tensor(c)]).argmax(-1).cpu().tolist()
+                top = rt.head(h[torch.tensor(r), torch.tensor(c)]).argmax(-1).cpu().tolist()
             k = 0
             for i in idx:
                 a_ids = spans[i][1]

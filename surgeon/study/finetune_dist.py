@@ -164,7 +164,7 @@ def work(folder: Path, rank: int, world: int, device: str) -> None:
     rows = train.encode(rt.tokenizer, task, cfg.max_length, notes)
     job = train.prepare(rt, ck, cfg, keys, notes)
     full = job.model.state_dict() if not own_rows and rank == 0 else {}  # rank 0's whole model
-    buffers = {n: b.detach().clone() for n, b in job.model.named_buffers()}  # rotary tables: small, not in the files
+    buffers = {n: b.detach().clone() for n, b in job.model.named_buffers()} if own_rows else {}  # rotary tables
     layers = [rt.layer(i) for i in range(rt.num_layers)]
     for layer in layers:
         fully_shard(layer)
