@@ -260,22 +260,42 @@ class Runtime:
         return self.model(**enc, **kw).logits
 
     @torch.no_grad()
-    def next_token_logprobs(self, prompts: list[str]) -> torch.Tensor:
-        """log P(next token | prompt) for each prompt, (batch, vocab)."""
-        return torch.log_softmax(self.forward(prompts)[:, -1].float(), dim=-1)
+    def next_token_logprobs(self, prompts: list[str], *, batch_size: int = 64) -> torch.Tensor:
+        """log P(next token | prompt) for each prompt, (batch, vocab); left-padded batches, positions
+        following the mask (so a prompt reads as if it were alone)."""
+        rows = [self.tokenizer(p)["input_ids"] for p in prompts]
+        out = []
+        for i in range(0, len(rows), batch_size):
+            hidden, _ = self.states(rows[i:i + batch_size])
+            out.append(torch.log_softmax(self.head(hidden[:, -1]), dim=-1).cpu())
+        return torch.cat(out)
 
     @torch.no_grad()
-    def continuation_logprob(self, prompts: list[str], continuations: list[str]) -> torch.Tensor:
-        """Sum of log P(continuation tokens | prompt), one value per pair."""
-        out = []
+    def continuation_logprob(self, prompts: list[str], continuations: list[str], *,
+                             batch_size: int = 64) -> torch.Tensor:
+        """Σ log P(continuation tokens | prompt), one value per pair, in left-padded batches of rows
+        of similar length; the head runs on the continuation's positions only."""
+        rows, spans = [], []
         for p, c in zip(prompts, continuations):
-            ids_p = self.tokenizer(p, return_tensors="pt")["input_ids"][0]
-            ids_c = self.tokenizer(c, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-            ids = torch.cat([ids_p, ids_c]).unsqueeze(0).to(self.device)
-            logp = torch.log_softmax(self.model(input_ids=ids).logits[0].float(), dim=-1)
-            n = len(ids_p)
-            out.append(logp[n - 1 : n - 1 + len(ids_c)].gather(1, ids_c.view(-1, 1).to(self.device)).sum())
-        return torch.stack(out)
+            p_ids, c_ids = self.tokenizer(p)["input_ids"], self.tokenizer(c, add_special_tokens=False)["input_ids"]
+            rows.append(p_ids + c_ids)
+            spans.append((len(p_ids), c_ids))
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: less padding
+        out = torch.zeros(len(rows))
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            hidden, offset = self.states([rows[i] for i in idx])
+            r, col, tok, owner = [], [], [], []
+            for j, i in enumerate(idx):
+                n_p, c_ids = spans[i]
+                for k, t in enumerate(c_ids):
+                    r.append(j), col.append(offset[j] + n_p - 1 + k), tok.append(t), owner.append(i)
+            if not r:
+                continue
+            lp = torch.log_softmax(self.head(hidden[torch.tensor(r), torch.tensor(col)]), -1).cpu()
+            got = lp.gather(1, torch.tensor(tok).view(-1, 1)).squeeze(1)
+            out.index_add_(0, torch.tensor(owner), got)
+        return out
 
     @torch.no_grad()
     def generate(self, prompts: str | list[str], max_new_tokens: int = 20, *, batch_size: int = 1):

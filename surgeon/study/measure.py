@@ -236,9 +236,7 @@ def _specificity(rt, task: Task, ref: Reference, m: Metrics) -> None:
     neigh = [p for p in task.specificity if p.target and p.original]
     if neigh:
         rows = []
-        for p in neigh:
-            lt, nt = _answer_logprob(rt, p.prompt, p.target)
-            lo, no = _answer_logprob(rt, p.prompt, p.original)
+        for p, (lt, nt), (lo, no) in zip(neigh, *_pair_logprobs(rt, neigh, [p.original for p in neigh])):
             rows.append({"prompt": p.prompt, "p_target": math.exp(lt), "p_original": math.exp(lo),
                          "kept": lo / no > lt / nt})
         m.neighbourhood = m.count("neighbourhood", _tally(rows, "kept"))
@@ -286,10 +284,8 @@ def _runtime(x):
     return x if isinstance(x, Runtime) else load(x)
 
 
-@torch.no_grad()
 def _next_logprobs(rt, prompts: list[str]) -> torch.Tensor:
-    """Next-token log-probs one prompt at a time (no padding, so no position-id questions)."""
-    return torch.stack([_logprobs(rt, rt.tokenizer(p, return_tensors="pt")["input_ids"][0])[-1] for p in prompts])
+    return rt.next_token_logprobs(prompts)
 
 
 @torch.no_grad()
@@ -302,19 +298,22 @@ def _top1_text(rt, prompt: str) -> str:
     return rt.tokenizer.decode([int(_next_logprobs(rt, [prompt])[0].argmax())])
 
 
-def _answer_logprob(rt, prompt: str, answer: str) -> tuple[float, int]:
-    """(sum of log P over the answer's tokens, number of tokens)."""
-    n = len(rt.tokenizer(answer, add_special_tokens=False)["input_ids"])
-    if n == 0:
-        raise MeasureError(f"answer {answer!r} of prompt {prompt!r} encodes to no tokens")
-    return float(rt.continuation_logprob([prompt], [answer])[0]), n
+def _pair_logprobs(rt, probes: list[Probe], originals: list[str]):
+    """(Σ log P, number of tokens) of each probe's target and of its original answer, in one batched pass."""
+    answers = [p.target for p in probes] + list(originals)
+    prompts = [p.prompt for p in probes] * 2
+    n = [len(rt.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
+    for a, p, k in zip(answers, prompts, n):
+        if k == 0:
+            raise MeasureError(f"answer {a!r} of prompt {p!r} encodes to no tokens")
+    lp = [float(x) for x in rt.continuation_logprob(prompts, answers)]
+    pairs = list(zip(lp, n))
+    return pairs[:len(probes)], pairs[len(probes):]
 
 
 def _success(rt, probes: list[Probe], originals: list[str]):
     rows = []
-    for p, orig in zip(probes, originals):
-        lt, nt = _answer_logprob(rt, p.prompt, p.target)
-        lo, no = _answer_logprob(rt, p.prompt, orig)
+    for p, orig, (lt, nt), (lo, no) in zip(probes, originals, *_pair_logprobs(rt, probes, originals)):
         rows.append({"prompt": p.prompt, "target": p.target, "original": orig,
                      "p_target": math.exp(lt), "p_original": math.exp(lo), "success": lt / nt > lo / no})
     return (sum(r["success"] for r in rows) / len(rows), sum(r["p_target"] for r in rows) / len(rows), rows)
@@ -344,7 +343,7 @@ def _spelling(rt, task: Task) -> tuple[list[str], Rate, Rate]:
     if not prompts:
         raise MeasureError(f"task {task.name}: spelling needs a list of prompts to generate from")
     n = int(task.spelling.get("max_new_tokens", 40))
-    texts = rt.generate(prompts, max_new_tokens=n)
+    texts = rt.generate(prompts, max_new_tokens=n, batch_size=generate.GEN_BATCH)
     rate, bad = generate.spelling_counts(task.spelling["rules"], texts)
     return texts, rate, bad
 
