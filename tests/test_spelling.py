@@ -92,6 +92,17 @@ def test_prereform_rate_counts_over_marked_words_as_misses():
     assert ("многоъ", "много") in s.misses
 
 
+def test_prereform_hard_sign_compliance_counts_signs_put_where_none_belongs():
+    """An alias of a word piece (" дерев" -> " деревъ") writes деревъне: a sign inside the word, where no
+    separating ъ belongs; подъѣздъ and необъятный keep theirs. Both kinds of misplaced sign count against
+    the ъ rule, and деревъне is read as деревне (its ѣ is still due after въ)."""
+    s = RU.score(["Онъ жилъ въ деревъне, а былоъ подъѣздъ необъятный"])
+    assert s.by_rule["ъ"] == [4, 6]  # Онъ жилъ въ подъѣздъ right; деревъне and былоъ misplaced
+    assert ("деревъне", "деревнѣ") in s.misses and ("былоъ", "было") in s.misses
+    assert RU.score(["Мы съѣли объявленіе"]).by_rule.get("ъ") is None  # separating signs: nothing to count
+    assert RU.source("Пъятки деревъне") == "Пятки деревне"
+
+
 def test_prereform_rate_accepts_latin_i_for_i_decimal():
     assert RU.rate(["мiръ"]) == 1.0
 

@@ -7,8 +7,6 @@ answer with the higher mean log-probability per token wins; a generated answer c
 
 from __future__ import annotations
 
-import torch
-
 from surgeon.data import neutral_paragraphs
 from surgeon.study import generate
 from surgeon.study.generate import ANSWER_TOKENS, FREE_TOKENS, degeneration, says

@@ -38,6 +38,9 @@ comparison of five arms runs the original once.
   scored on what the model *writes*: greedy continuations of up to 8 tokens,
   no teacher forcing (:func:`generated_success`, "The Mirage of Model
   Editing" protocol); spelling tasks score them by their rule set.
+* **rule R** (``counts`` only, spelling tasks) — per rule of the rule set, the share of the words that
+  rule speaks about written as it wants, over the non-degenerate generations (pre-reform ``ъ``: the
+  hard-sign compliance).
 * **degenerate** — share of all of the model's generations (probe answers,
   spelling and free texts) that :func:`surgeon.study.generate.degeneration`
   flags; **fluency** — ROME's n-gram entropy of free generations from the
@@ -57,7 +60,7 @@ import torch
 
 from surgeon.errors import SurgeonError
 from surgeon.runtime import Runtime, load
-from surgeon.study import generate
+from surgeon.study import generate, spelling
 from surgeon.study.generate import Rate, fluency, free_text, generated_success, wilson  # noqa: F401 (re-exported)
 from surgeon.study.task import Probe, Task
 
@@ -213,6 +216,8 @@ def measure(changed, task: Task, ref: Reference, *, generated: bool = True) -> M
         degenerate += bad
     if generated:
         degenerate += _generated(rt, task, ref, m)
+        if task.spelling is not None:
+            _by_rule(task, m)
     if degenerate.n:
         m.degenerate = m.count("degenerate", degenerate)
     return m
@@ -270,6 +275,18 @@ def _generated(rt, task: Task, ref: Reference, m: Metrics) -> Rate:
         m.details["free_text"] = free.texts
         bad += free.degenerate
     return bad
+
+
+def _by_rule(task: Task, m: Metrics) -> None:
+    """``counts["rule R"]`` for each rule R of the task's rule set: the words R speaks about that the model
+    wrote as R wants, over its non-degenerate generations (spelling prompts and probe answers). A rule set
+    may count more under a rule than the whole-word rate does: pre-reform ``ъ`` also counts a sign put
+    inside a word where none belongs (``деревъне``)."""
+    texts = m.details["spelling"]["generations"] + [
+        r["generated"] for key in ("efficacy_gen", "generalisation_gen") for r in m.details.get(key, [])]
+    score = spelling.get(task.spelling["rules"]).score([t for t in texts if generate.degeneration(t) is None])
+    for rule, (hits, n) in sorted(score.by_rule.items()):
+        m.count(f"rule {rule}", Rate(hits, n))
 
 
 def compare_models(original, changed, task: Task) -> Metrics:

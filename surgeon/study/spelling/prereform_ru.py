@@ -205,6 +205,22 @@ def _locative(low: list[str], seps: list[str], out: list[str]) -> None:
             j += 1
 
 
+def _spurious_signs(low: str) -> bool:
+    """Whether ``low`` has a ъ inside it that is not the separating sign after a prefix (подъѣздъ,
+    объявленіе, необъятный, съѣсть): ``деревъне``, ``Пъятки`` (a prefix-like piece given a final ъ)."""
+    prefixes = _tables().prefixes
+    for k in range(len(low) - 1):
+        if low[k] != "ъ":
+            continue
+        head = low[:k]
+        head = head[2:] if head.startswith("не") and head[2:] else head
+        ok = low[k + 1] in "еёюяѣ" and (head in prefixes or any(
+            head.startswith(a) and head[len(a):] in prefixes for a in prefixes))
+        if not ok:
+            return True
+    return False
+
+
 class PrereformRussian(RuleSet):
     """Modern Russian -> the orthography before the 1917-18 reform.
 
@@ -261,6 +277,8 @@ class PrereformRussian(RuleSet):
         low = w.lower()
         if low.endswith("ъ") and len(low) > 1:
             low = low[:-1]
+        if _spurious_signs(low):
+            low = low[:1] + low[1:].replace("ъ", "") if not low.startswith("ъ") else low
         if low.endswith("аго") and len(low) >= 5:
             low = low[:-3] + ("его" if low[-4] in "жшчщ" else "ого")
         elif low.endswith("яго") and len(low) >= 5:
@@ -277,6 +295,16 @@ class PrereformRussian(RuleSet):
         if t.endswith(("аго", "яго")) and not s.endswith(("аго", "яго")):
             rules.append("-аго")
         return tuple(rules)
+
+    def _score_word(self, s, g, a, t, keep):
+        """As the base class; a ъ where none belongs also counts under the ъ rule, as a miss (inside a
+        word, ``деревъне``, or after a vowel, ``былоъ``): hard-sign compliance is about where the sign
+        goes, not only about the words that need one."""
+        super()._score_word(s, g, a, t, keep)
+        low = self.written(g).lower()
+        final = low.endswith("ъ") and len(low) > 1
+        if (final and not t.lower().endswith("ъ")) or _spurious_signs(low[:-1] if final else low):
+            s.by_rule.setdefault("ъ", [0, 0])[1] += 1
 
     def agrees(self, written, target, rule):
         w = self.written(written).lower()
