@@ -106,11 +106,11 @@ def _p_word_end(ck, tok, ids, texts, batch=256):
     rt = load(ck)
     total = torch.zeros(len(ids))
     for ctx in CONTEXTS:
-        head = tok(ctx)["input_ids"] if ctx else tok("")["input_ids"]
-        rows = [head + [i] for i in ids]
+        rows = [tok(ctx)["input_ids"] + [i] for i in ids]
         for s in range(0, len(rows), batch):
-            hidden, _ = rt.states(rows[s:s + batch])
-            lp = torch.log_softmax(rt.head(hidden[:, -1]), -1)
-            total[s:s + batch] += lp[:, :len(boundary)][:, boundary].exp().sum(-1)
+            with torch.no_grad():  # the head's weight wants gradients: without this every batch's graph is kept
+                hidden, _ = rt.states(rows[s:s + batch])
+                lp = torch.log_softmax(rt.head(hidden[:, -1]), -1)
+                total[s:s + batch] += lp[:, :len(boundary)][:, boundary].exp().sum(-1)
     del rt
     return (total / len(CONTEXTS)).tolist()
