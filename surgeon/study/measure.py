@@ -168,7 +168,7 @@ def reference(original, task: Task, *, max_tokens: int = NEUTRAL_MAX_TOKENS, pro
     rt = _runtime(original)
     eff = [p.original or _top1_text(rt, p.prompt) for p in task.efficacy]
     gen = [p.original or _top1_text(rt, p.prompt) for p in task.generalisation]
-    spec = ([int(i) for i in _next_logprobs(rt, [p.prompt for p in task.specificity]).argmax(-1)]
+    spec = ([int(i) for i in rt.next_token_logprobs([p.prompt for p in task.specificity]).argmax(-1)]
             if task.specificity else [])
     ids, logps, nll_sum, n = [], [], 0.0, 0
     for text in task.neutral:
@@ -231,7 +231,7 @@ def _specificity(rt, task: Task, ref: Reference, m: Metrics) -> None:
     """Top-1 kept on every specificity prompt; P(original) > P(target) on those that name both."""
     if len(ref.specificity_top1) != len(task.specificity):
         raise MeasureError("reference was computed for a different task (specificity prompts differ)")
-    lp = _next_logprobs(rt, [p.prompt for p in task.specificity])
+    lp = rt.next_token_logprobs([p.prompt for p in task.specificity])
     top = [int(i) for i in lp.argmax(-1)]
     kept = [a == b for a, b in zip(top, ref.specificity_top1)]
     m.specificity = m.count("specificity", Rate(sum(kept), len(kept)))
@@ -301,10 +301,6 @@ def _runtime(x):
     return x if isinstance(x, Runtime) else load(x)
 
 
-def _next_logprobs(rt, prompts: list[str]) -> torch.Tensor:
-    return rt.next_token_logprobs(prompts)
-
-
 @torch.no_grad()
 def _logprobs(rt, ids: torch.Tensor) -> torch.Tensor:
     logits = rt.model(input_ids=ids.view(1, -1).to(rt.device)).logits[0]
@@ -312,7 +308,7 @@ def _logprobs(rt, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _top1_text(rt, prompt: str) -> str:
-    return rt.tokenizer.decode([int(_next_logprobs(rt, [prompt])[0].argmax())])
+    return rt.tokenizer.decode([int(rt.next_token_logprobs([prompt])[0].argmax())])
 
 
 def _pair_logprobs(rt, probes: list[Probe], originals: list[str]):
