@@ -39,8 +39,8 @@ def test_vocab_alias_writes_british_forms_of_words_the_training_text_lacks(smoll
                          "task": str(SPELLING)})
     rec = next(r for r in reversed(ck.edits) if r["kind"] == "alias_rows")
     assert rec["source"] == "vocab" and rec["words"] > 250  # 312 one-token American words on SmolLM2
-    train = " ".join(e.get("text", "") for e in json.loads(SPELLING.read_text())["train"]).lower()
-    assert "defense" not in train and "defence" not in train  # the vocabulary, not the training text, brought it
+    train = " ".join(e.get("text", "") for e in json.loads(SPELLING.read_text())["train"])
+    assert "Defense" not in train and "Defence" not in train  # " Defense" is its own token: the vocabulary brought it
     after = load(ck).generate(prompts, 6, batch_size=2)
     assert "Defence" in after[0] and "favourite" in after[1], after
 
