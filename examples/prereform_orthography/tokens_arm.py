@@ -106,7 +106,8 @@ def _p_word_end(ck, tok, ids, texts, batch=256):
     rt = load(ck)
     total = torch.zeros(len(ids))
     for ctx in CONTEXTS:
-        rows = [tok(ctx)["input_ids"] + [i] for i in ids]
+        head = tok(ctx)["input_ids"]
+        rows = [head + [i] for i in ids]
         for s in range(0, len(rows), batch):
             with torch.no_grad():  # the head's weight wants gradients: without this every batch's graph is kept
                 hidden, _ = rt.states(rows[s:s + batch])

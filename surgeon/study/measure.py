@@ -60,7 +60,7 @@ import torch
 
 from surgeon.errors import SurgeonError
 from surgeon.runtime import Runtime, load
-from surgeon.study import generate, spelling
+from surgeon.study import fact_scores, generate, spelling
 from surgeon.study.generate import Rate, fluency, free_text, generated_success, wilson  # noqa: F401 (re-exported)
 from surgeon.study.task import Probe, Task
 
@@ -313,15 +313,12 @@ def _top1_text(rt, prompt: str) -> str:
 
 def _pair_logprobs(rt, probes: list[Probe], originals: list[str]):
     """(Σ log P, number of tokens) of each probe's target and of its original answer, in one batched pass."""
-    answers = [p.target for p in probes] + list(originals)
-    prompts = [p.prompt for p in probes] * 2
-    n = [len(rt.tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
-    for a, p, k in zip(answers, prompts, n):
-        if k == 0:
-            raise MeasureError(f"answer {a!r} of prompt {p!r} encodes to no tokens")
-    lp = [float(x) for x in rt.continuation_logprob(prompts, answers)]
-    pairs = list(zip(lp, n))
-    return pairs[:len(probes)], pairs[len(probes):]
+    pairs = [(p.prompt, p.target) for p in probes] + [(p.prompt, o) for p, o in zip(probes, originals)]
+    got = fact_scores.answer_logprobs(rt, pairs)
+    for (prompt, answer), (_, n) in zip(pairs, got):
+        if n == 0:
+            raise MeasureError(f"answer {answer!r} of prompt {prompt!r} encodes to no tokens")
+    return got[:len(probes)], got[len(probes):]
 
 
 def _success(rt, probes: list[Probe], originals: list[str]):

@@ -277,8 +277,8 @@ class PrereformRussian(RuleSet):
         low = w.lower()
         if low.endswith("ъ") and len(low) > 1:
             low = low[:-1]
-        if _spurious_signs(low):
-            low = low[:1] + low[1:].replace("ъ", "") if not low.startswith("ъ") else low
+        if _spurious_signs(low) and not low.startswith("ъ"):  # a lone mark stays as written (degenerate anyway)
+            low = low[0] + low[1:].replace("ъ", "")
         if low.endswith("аго") and len(low) >= 5:
             low = low[:-3] + ("его" if low[-4] in "жшчщ" else "ого")
         elif low.endswith("яго") and len(low) >= 5:
