@@ -51,3 +51,12 @@ def configure(*, lazy: bool = False) -> int:
 
     torch.set_num_threads(n)
     return n
+
+
+def for_job(n: int) -> None:
+    """A worker process's start (compare's families side by side): ``n`` threads for it and its children.
+
+    Runs before the worker imports torch, so OpenMP reads the passive waits and the count.
+    """
+    os.environ["SURGEON_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(n)
+    configure(lazy=True)

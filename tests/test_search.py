@@ -130,6 +130,37 @@ def test_two_trial_search_tunes_on_validation_and_reports_on_test(smollm2, tmp_p
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_families_tuned_side_by_side_give_the_numbers_of_one_at_a_time(smollm2, tmp_path, monkeypatch):
+    """``jobs=2``: two families in two worker processes of one thread each; trials, test points and the
+    unedited row are those of the same comparison run one family after the other on one thread."""
+    import torch
+
+    arms = ["none", "q=lora layers=3 roles=attn.q rank=2 steps=2 lr=0.003",
+            "v=lora layers=5 roles=attn.v rank=2 steps=2 lr=0.003"]
+    task = Task.from_dict(TASK)
+    monkeypatch.setenv("SURGEON_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = compare_tuned(task, smollm2, arms, tmp_path / "one", budget=1, seeds=1, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setenv("SURGEON_THREADS", "2")
+    two = compare_tuned(task, smollm2, arms, tmp_path / "two", budget=1, seeds=1, progress=False, jobs=2)
+    assert (one["jobs"], two["jobs"]) == (1, 2) and two["threads"] == 2
+    for rep in (one, two):
+        assert [r["name"] for r in rep["arms"]] == ["none", "q.t0", "v.t0"]
+        assert all(r["error"] is None for r in rep["arms"])
+    for fam in ("q", "v"):
+        a, b = one["search"][fam], two["search"][fam]
+        assert [t["metrics"] for t in a["trials"]] == [t["metrics"] for t in b["trials"]]
+        assert a["test"] == b["test"] and a["matched"] == b["matched"]
+    assert one["arms"][0]["metrics"] == two["arms"][0]["metrics"]
+    # each worker's arm children ran on SURGEON_THREADS // jobs threads
+    made = [t["cost"] for f in two["search"].values() for t in f["trials"]]
+    assert [c["threads"] for c in made] == [1, 1]
+
+
 def _family(success_at: dict, spec: str) -> dict:
     """A tuned report's family with one chosen trial per KL level (test means as given)."""
     trials = [{"number": i, "spec": f"{spec} t{i}"} for i in range(len(success_at))]

@@ -225,7 +225,7 @@ def run_arm(job: ArmJob) -> dict:
     linked = set(manifest["files"]["linked"])
     written = sum(p.stat().st_size for p in Path(job.out).rglob("*")
                   if p.is_file() and p.relative_to(job.out).as_posix() not in linked)
-    return {"wall_s": wall, "peak_rss_mb": peak_rss_mb(),
+    return {"wall_s": wall, "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(),
             "params_changed": changed, "tensors_changed": len(manifest["tensors"]), "bytes_written": written,
             "finetune": finetunes, "notes": [n for f in finetunes for n in f["notes"]]}
 

@@ -137,8 +137,11 @@ def plot(rows: list[dict], path) -> None:
 
 
 def run_map(model, tasks: list, out_dir, *, budget: int, seeds: int = 1, overwrite: bool = False,
-            progress: bool = True) -> list[dict]:
-    """The budgeted comparison for every task, then the map (``map.md``, ``map.json``, ``map.png``) in ``out_dir``."""
+            progress: bool = True, jobs: int = 1) -> list[dict]:
+    """The budgeted comparison for every task, then the map (``map.md``, ``map.json``, ``map.png``) in ``out_dir``.
+
+    ``jobs``: each task's families tuned that many at a time (:func:`surgeon.study.tuned.compare_tuned`).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -149,7 +152,7 @@ def run_map(model, tasks: list, out_dir, *, budget: int, seeds: int = 1, overwri
         report = finished(out / task.name, where, budget, seeds)
         if report is None:
             report = compare_tuned(task, where, arms, out / task.name, budget=budget, seeds=seeds,
-                                   overwrite=overwrite, progress=progress)
+                                   overwrite=overwrite, progress=progress, jobs=jobs)
         elif progress:
             print(f"map: {task.name}: reading the finished report in {out / task.name}", file=sys.stderr)
         rows.append(entry(report, task))

@@ -63,7 +63,7 @@ def markdown(report: dict) -> str:
             f"{report['reading']}\n\n"
             f"Probes{split}: {n['efficacy']} efficacy, {n['generalisation']} held-out, {n['specificity']} specificity, "
             f"{n['neutral']} neutral texts; {n['train']} training examples. Wall time and peak memory are each "
-            f"arm's own child process (load, change, save), on {report['threads']} thread(s). {GEN_NOTE}\n\n"
+            f"arm's own child process (load, change, save), on {_threads(report)}. {GEN_NOTE}\n\n"
             f"Counts and 95 % Wilson intervals:\n{intervals(report)}\n\n{tuned_markdown(report)}"
             f"Arms:\n{specs}\n")
 
@@ -86,6 +86,20 @@ def _mean_sd(seeds: dict, key: str, fmt: str) -> str:
     if m is None:
         return "–"
     return fmt.format(m) + ("" if sd is None else " ± " + fmt.format(sd))
+
+
+def _threads(report: dict) -> str:
+    jobs = report.get("jobs") or 1
+    if jobs == 1:
+        return f"{report['threads']} thread(s)"
+    return f"{max(1, report['threads'] // jobs)} thread(s) each, {jobs} families tuned at a time"
+
+
+def _total(report: dict) -> str:
+    if report.get("wall_s") is None:  # reports written before the total was kept
+        return ""
+    return (f"The whole comparison took {report['wall_s'] / 60:.1f} min of wall time "
+            f"({report.get('jobs') or 1} job(s), {report['threads']} thread(s) in all).\n\n")
 
 
 def tuned_markdown(report: dict) -> str:
@@ -121,7 +135,7 @@ def tuned_markdown(report: dict) -> str:
             f"with the best *validation* success among those with validation KL under the level, made again and "
             f"measured on the *test* split (mean ± sd over up to {report['seeds']} seeds; edits are "
             f"deterministic). Success: generated success on held-out probes.\n\n" + "\n".join(lines) +
-            "\n\n## Search\n\n" + "\n".join(cost) + "\n\n")
+            "\n\n## Search\n\n" + "\n".join(cost) + "\n\n" + _total(report))
 
 
 def _resolved(row: dict) -> str:

@@ -16,23 +16,33 @@
 The report (``report.json/md/png``) keeps the table of :mod:`surgeon.study.compare`
 (one row per chosen point), adds the matched-damage table, the fronts and
 each family's tuning wall time and peak memory.
+
+Families are independent (each its own Optuna study, seeded alike), so ``jobs``
+tunes that many side by side, each in a worker process with ``threads // jobs``
+torch threads (its arms' children inherit the count). One torch process barely
+gains from a second core here (LoRA trials took 34 min on two threads and on one), while two
+one-thread processes take one core each. A worker measures the original once per
+split for all the families it gets; the trials and their numbers are those of
+``jobs=1`` (``tests/test_search.py``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
+import multiprocessing
 import statistics
 import time
-from dataclasses import asdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from surgeon import _threads
 from surgeon.io.checkpoint import open_checkpoint
 from surgeon.runtime import load
 from surgeon.study import measure
 from surgeon.study.arms import Arm, CompareError, Stage, parse_arm
-from surgeon.study.compare import make_and_measure, measure_original, prepare_arms, say_stderr, task_counts
+from surgeon.study.compare import make_and_measure, prepare_arms, say_stderr, task_counts
 from surgeon.study.report import markdown, plot, reading
 from surgeon.study.search import KL_LEVELS, Search, front, matched, search, success, with_params
 from surgeon.study.task import Task, TaskError
@@ -40,11 +50,14 @@ from surgeon.study.task import Task, TaskError
 
 def compare_tuned(task: Task | str | Path, model, arms: list[str | Arm], out_dir, *, budget: int, seeds: int = 3,
                   overwrite: bool = False, progress: bool = True, timeout_s: float | None = None,
-                  seed: int = 0) -> dict:
-    """Tune every arm family with ``budget`` trials on validation, report the chosen points on test."""
+                  seed: int = 0, jobs: int = 1) -> dict:
+    """Tune every arm family with ``budget`` trials on validation, report the chosen points on test.
+
+    ``jobs``: families tuned side by side, each in its own worker process (see the module's note).
+    """
     task = task if isinstance(task, Task) else Task.load(task)
-    if budget < 1 or seeds < 1:
-        raise CompareError(f"budget ({budget}) and seeds ({seeds}) must be at least 1")
+    if budget < 1 or seeds < 1 or jobs < 1:
+        raise CompareError(f"budget ({budget}), seeds ({seeds}) and jobs ({jobs}) must be at least 1")
     try:
         val = task.split("validation")
     except TaskError as e:
@@ -58,33 +71,33 @@ def compare_tuned(task: Task | str | Path, model, arms: list[str | Arm], out_dir
     files = {name: out / f"task.{name}.json" for name in ("validation", "test")}
     for name, t in (("validation", val), ("test", test)):
         files[name].write_text(json.dumps(t.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-
-    num_layers = open_checkpoint(model).num_layers
-    say(f"compare: measuring the original {model.name} on the validation split of {task.name}")
-    ref_val = measure.reference(load(model), val)
-    searches = {}
-    for a in arms:
-        if [s.kind for s in a.stages] == ["none"]:
-            continue
-        say(f"compare: tuning {a.name} ({a.spec}) with {budget} trial(s) on validation")
-        searches[a.name] = search(a, budget, _evaluator(model, val, files["validation"], ref_val, work, timeout_s, say),
-                                  num_layers=num_layers, seed=seed, say=say)
-
-    say(f"compare: measuring the original and the chosen points on the test split of {task.name}")
-    ref_test, original, ref_s = measure_original(model, test)
-    rows = [{"name": "none", "spec": "none", "stages": [], "error": None, "metrics": original.to_dict(details=False),
-             "details": original.details, "cost": _no_cost()}]
-    families = {}
-    for a in arms:
-        if a.name in searches:
-            fam, fam_rows = _report_family(a, searches[a.name], seeds, model, test, files["test"], ref_test, work,
-                                           timeout_s, say)
-            families[a.name] = fam
-            rows += fam_rows
+    plan = _Plan(model, val, test, files["validation"], files["test"], work, budget, seeds, seed, timeout_s,
+                 open_checkpoint(model).num_layers, progress)
+    tuned = [a for a in arms if [s.kind for s in a.stages] != ["none"]]
+    threads = _threads.thread_count()
+    t0 = time.perf_counter()
+    if jobs == 1 or len(tuned) < 2:
+        try:
+            families = dict(_tune(plan, a) for a in tuned)
+            original, ref_s = _original(plan)
+        finally:
+            _REFS.clear()  # the neutral text's distributions: large on a 262k vocabulary
+    else:
+        per_job = max(1, threads // jobs)
+        say(f"compare: tuning {len(tuned)} families {jobs} at a time, {per_job} thread(s) each")
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: torch's threads set before it loads
+        with ProcessPoolExecutor(min(jobs, len(tuned)), mp_context=ctx, initializer=_threads.for_job,
+                                 initargs=(per_job,)) as pool:
+            running = [pool.submit(_tune, plan, a) for a in tuned]
+            first = pool.submit(_original, plan)
+            families = dict(f.result() for f in running)
+            original, ref_s = first.result()
+    rows = [{"name": "none", "spec": "none", "stages": [], "error": None, **original, "cost": _no_cost()}]
+    rows += [r for a in tuned for r in families[a.name].pop("rows")]
     report = {
         "task": task.name, "task_path": str(task.path) if task.path else None, "model": str(model),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "threads": int(os.environ.get("SURGEON_THREADS", os.cpu_count() or 1)),
+        "threads": threads, "jobs": jobs, "wall_s": time.perf_counter() - t0,
         "reference_s": ref_s, "counts": task_counts(test), "validation_counts": task_counts(val), "arms": rows,
         "budget": budget, "seeds": seeds, "kl_levels": list(KL_LEVELS), "search": families,
     }
@@ -93,6 +106,58 @@ def compare_tuned(task: Task | str | Path, model, arms: list[str | Arm], out_dir
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
     plot(report, out / "report.png")
     return report
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every family's tuning shares; plain data, so that a worker process gets it as it is."""
+
+    model: Path
+    val: Task
+    test: Task
+    val_file: Path
+    test_file: Path
+    work: Path
+    budget: int
+    seeds: int
+    seed: int
+    timeout_s: float | None
+    num_layers: int
+    progress: bool
+
+    def say(self, msg: str) -> None:
+        if self.progress:
+            say_stderr(msg)
+
+
+_REFS: dict = {}  # (model, task file) -> the original's reference outputs, once per process and comparison
+
+
+def _ref(plan: _Plan, split: str):
+    key = (plan.model, plan.val_file if split == "validation" else plan.test_file)
+    if key not in _REFS:
+        plan.say(f"compare: measuring the original {plan.model.name} on the {split} split")
+        _REFS[key] = measure.reference(load(plan.model), plan.val if split == "validation" else plan.test)
+    return _REFS[key]
+
+
+def _tune(plan: _Plan, a: Arm) -> tuple[str, dict]:
+    """One family: its search on validation, then its chosen points on test (``fam["rows"]``: their rows)."""
+    plan.say(f"compare: tuning {a.name} ({a.spec}) with {plan.budget} trial(s) on validation")
+    evaluate = _evaluator(plan.model, plan.val, plan.val_file, _ref(plan, "validation"), plan.work, plan.timeout_s,
+                          plan.say)
+    s = search(a, plan.budget, evaluate, num_layers=plan.num_layers, seed=plan.seed, say=plan.say)
+    fam, rows = _report_family(a, s, plan.seeds, plan.model, plan.test, plan.test_file, _ref(plan, "test"),
+                               plan.work, plan.timeout_s, plan.say)
+    fam["rows"] = rows
+    return a.name, fam
+
+
+def _original(plan: _Plan) -> tuple[dict, float]:
+    """The unedited model's row fields on test, and the seconds its reference and measurement took."""
+    t0 = time.perf_counter()
+    original = measure.measure(load(plan.model), plan.test, _ref(plan, "test"))
+    return {"metrics": original.to_dict(details=False), "details": original.details}, time.perf_counter() - t0
 
 
 def _no_cost() -> dict:
