@@ -166,8 +166,7 @@ SPILL_BYTES = 512 << 20
 def reference(original, task: Task, *, max_tokens: int = NEUTRAL_MAX_TOKENS, progress: bool = False) -> Reference:
     """Run the original model over the task once: answers, top-1s, neutral distributions."""
     rt = _runtime(original)
-    eff = [p.original or _top1_text(rt, p.prompt) for p in task.efficacy]
-    gen = [p.original or _top1_text(rt, p.prompt) for p in task.generalisation]
+    eff, gen = _originals(rt, task.efficacy), _originals(rt, task.generalisation)
     spec = ([int(i) for i in rt.next_token_logprobs([p.prompt for p in task.specificity]).argmax(-1)]
             if task.specificity else [])
     ids, logps, nll_sum, n = [], [], 0.0, 0
@@ -307,8 +306,11 @@ def _logprobs(rt, ids: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
-def _top1_text(rt, prompt: str) -> str:
-    return rt.tokenizer.decode([int(rt.next_token_logprobs([prompt])[0].argmax())])
+def _originals(rt, probes: list[Probe]) -> list[str]:
+    """Each probe's original answer: its own, else the model's top-1 next token (one batched pass)."""
+    missing = [p.prompt for p in probes if not p.original]
+    top = iter([rt.tokenizer.decode([int(i)]) for i in rt.next_token_logprobs(missing).argmax(-1)] if missing else [])
+    return [p.original or next(top) for p in probes]
 
 
 def _pair_logprobs(rt, probes: list[Probe], originals: list[str]):
