@@ -210,9 +210,26 @@ def test_map_reads_back_finished_reports_and_runs_each_task_on_its_own_model(tmp
     (tmp_path / "facts").mkdir()
     (tmp_path / "facts" / "report.json").write_text(json.dumps(report))
     ran = []
-    monkeypatch.setattr(map_mod, "compare_tuned", lambda *a, **k: ran.append(a) or report)
+    monkeypatch.setattr(map_mod, "compare_tuned", lambda *a, **k: ran.append((a, k)) or report)
     rows = map_mod.run_map(None, [task], tmp_path, budget=2, seeds=1, progress=False)
     assert not ran and rows[0]["best"]["family"] == "rome" and rows[0]["model"] == Path(smollm2).name
-    map_mod.run_map(None, [task], tmp_path, budget=3, seeds=1, progress=False)  # another budget: run again
-    assert len(ran) == 1 and ran[0][1] == Path(smollm2)
+    map_mod.run_map(None, [task], tmp_path, budget=3, seeds=1, progress=False, jobs=2)  # another budget: run again
+    assert len(ran) == 1 and ran[0][0][1] == Path(smollm2) and ran[0][1]["jobs"] == 2
     assert "| facts | " + Path(smollm2).name + " |" in (tmp_path / "map.md").read_text()
+
+
+def test_jobs_is_for_the_budgeted_comparison_only(tmp_path):
+    from click.testing import CliRunner
+
+    from surgeon.cli import main
+
+    (tmp_path / "task.json").write_text(json.dumps(TASK))
+    args = ["compare", str(tmp_path / "task.json"), "--model", str(tmp_path), "--arm", "none", "--out",
+            str(tmp_path / "out")]
+    res = CliRunner().invoke(main, args + ["--jobs", "2"])
+    assert res.exit_code == 2 and "--jobs tunes families side by side: it needs --budget" in res.output
+    res = CliRunner().invoke(main, args + ["--budget", "2", "--jobs", "0"])
+    assert res.exit_code == 2 and "--jobs" in res.output
+    with pytest.raises(CompareError, match=r"jobs \(0\) must be at least 1"):
+        compare_tuned(Task.from_dict(TASK), tmp_path, ["l=lora"], tmp_path / "out", budget=2, jobs=0)
+    assert not (tmp_path / "out").exists()
