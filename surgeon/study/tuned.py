@@ -65,7 +65,6 @@ def compare_tuned(task: Task | str | Path, model, arms: list[str | Arm], out_dir
     test = task.split("test")
     model, out = Path(model).absolute(), Path(out_dir).absolute()
     arms = prepare_arms(val, model, [a if isinstance(a, Arm) else parse_arm(a) for a in arms], out, overwrite)
-    say = say_stderr if progress else (lambda msg: None)
     work = out / "arms"
     work.mkdir(parents=True, exist_ok=True)
     files = {name: out / f"task.{name}.json" for name in ("validation", "test")}
@@ -84,7 +83,7 @@ def compare_tuned(task: Task | str | Path, model, arms: list[str | Arm], out_dir
             _REFS.clear()  # the neutral text's distributions: large on a 262k vocabulary
     else:
         per_job = max(1, threads // jobs)
-        say(f"compare: tuning {len(tuned)} families {jobs} at a time, {per_job} thread(s) each")
+        plan.say(f"compare: tuning {len(tuned)} families {jobs} at a time, {per_job} thread(s) each")
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: torch's threads set before it loads
         with ProcessPoolExecutor(min(jobs, len(tuned)), mp_context=ctx, initializer=_threads.for_job,
                                  initargs=(per_job,)) as pool:
